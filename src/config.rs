@@ -1,0 +1,115 @@
+//! The command line: every flag has an environment variable and a default shown in
+//! `--help`. The flags work with or without the `serve` subcommand, because MCP client
+//! configurations call `peer-discovery-mcp --registry-path FILE` directly.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::peer::{MAX_TTL_SECONDS, MIN_TTL_SECONDS};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "peer-discovery-mcp",
+    version,
+    about = "An MCP server (stdio, JSON-RPC) that lets LLM agents and libp2p-style nodes register \
+             and discover each other",
+    long_about = "An MCP server (stdio, JSON-RPC) that lets LLM agents and libp2p-style nodes \
+register themselves as peers, find peers by capability, heartbeat, and clean up.\n\n\
+It is started by an MCP client (Claude Desktop, an IDE, an agent framework) and speaks JSON-RPC \
+on stdin/stdout; logs go to stderr (set RUST_LOG, e.g. RUST_LOG=info). Records live in a local \
+JSON file shared by every server process on this machine.",
+    after_help = "Run with no command to serve MCP on stdio (same as `serve`)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP on stdin/stdout (the default)
+    Serve,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// The local registry file, shared by every server process on this machine (and by the
+    /// Python ipfs_datasets_py module). Missing folders are created.
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_PATH",
+        value_name = "FILE",
+        global = true,
+        default_value_os_t = default_registry_path()
+    )]
+    pub registry_path: PathBuf,
+
+    /// Lease, in seconds, of a peer that registers without ttl_seconds (1..=604800).
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_DEFAULT_TTL",
+        value_name = "SECONDS",
+        global = true,
+        default_value_t = crate::peer::DEFAULT_TTL_SECONDS,
+        value_parser = clap::value_parser!(u64).range(MIN_TTL_SECONDS..=MAX_TTL_SECONDS)
+    )]
+    pub default_ttl: u64,
+
+    /// Seconds between background cleanups of expired peers; 0 turns them off.
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_CLEANUP_INTERVAL",
+        value_name = "SECONDS",
+        global = true,
+        default_value_t = 300
+    )]
+    pub cleanup_interval: u64,
+
+    /// Longest time one source may take to answer before it is reported as `timeout` and
+    /// the call goes on with the other sources (seconds, fractions allowed).
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_SOURCE_TIMEOUT",
+        value_name = "SECONDS",
+        global = true,
+        default_value_t = 10.0,
+        value_parser = parse_timeout
+    )]
+    pub source_timeout: f64,
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0 {
+        Ok(seconds)
+    } else {
+        Err(format!("must be more than 0 and at most 3600 (got {text})"))
+    }
+}
+
+/// The Python module's path: `$XDG_CACHE_HOME/ipfs_datasets_py/peer_registry.json`, or
+/// `~/.cache/...` when XDG_CACHE_HOME is unset or not absolute.
+pub fn default_registry_path() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("ipfs_datasets_py").join("peer_registry.json")
+}
+
+impl Options {
+    pub fn source_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.source_timeout)
+    }
+
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_secs(self.cleanup_interval)
+    }
+}

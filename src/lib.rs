@@ -1,0 +1,111 @@
+//! peer-discovery-mcp: an MCP server (stdio, JSON-RPC) that lets LLM agents and
+//! libp2p-style nodes register themselves as peers and find each other by capability.
+//!
+//! # Layout
+//!
+//! - [`peer`]: the peer record, its validation rules and lease maths (time is an argument).
+//! - [`registry`]: the [`registry::PeerRegistry`] trait, one storage backend ("source")
+//!   per module: [`registry::local_file`] is the JSON file shared by every process on the
+//!   machine.
+//! - [`coordinator`]: fans each call out to the chosen sources under a timeout, merges
+//!   (dedup by `peer_id`, newest `last_seen` wins), ranks, reports per-source outcomes,
+//!   and cleans up expired peers in the background.
+//! - [`mcp`]: the rmcp server; one tool per function, each a thin translation to the
+//!   coordinator, with schemas cleaned for strict clients ([`mcp::schema`]).
+//! - [`config`]: the command line (clap; every flag has an environment variable).
+//! - `main.rs`: parses the command line, sets up logging on stderr, calls [`run`].
+//!
+//! Data flow of one call: client → stdin → rmcp → `mcp` tool (arguments validated into a
+//! [`peer::Announcement`] / [`peer::Heartbeat`]) → [`coordinator::Coordinator`] → every
+//! source at once → merged result → `structuredContent` + a text summary → stdout.
+
+pub mod config;
+pub mod coordinator;
+pub mod mcp;
+pub mod peer;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rmcp::ServiceExt;
+use rmcp::service::QuitReason;
+use rmcp::transport::IntoTransport;
+
+use crate::config::Options;
+use crate::coordinator::{Coordinator, CoordinatorConfig, EnabledSource, system_clock};
+use crate::registry::{LocalFileRegistry, RegistryError, SourceName};
+
+/// Why the server could not start. Printed as one line before exiting non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use registry file `{path}`: {source}")]
+    Registry {
+        path: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("cannot serve MCP: {0}")]
+    Serve(String),
+}
+
+/// Opens every configured source and builds the coordinator over them.
+/// Blocking (it opens files); call it before serving.
+pub fn build_coordinator(options: &Options) -> Result<Arc<Coordinator>, StartError> {
+    let local =
+        LocalFileRegistry::open(&options.registry_path).map_err(|source| StartError::Registry {
+            path: options.registry_path.display().to_string(),
+            source,
+        })?;
+    let sources = vec![EnabledSource {
+        description: format!("records in {}", local.path().display()),
+        registry: Arc::new(local),
+    }];
+    let mut disabled = BTreeMap::new();
+    disabled.insert(
+        SourceName::Github,
+        "the GitHub source is not part of this build yet".to_owned(),
+    );
+    Ok(Arc::new(Coordinator::new(
+        sources,
+        disabled,
+        CoordinatorConfig {
+            default_ttl_seconds: options.default_ttl,
+            source_timeout: options.source_timeout(),
+            cleanup_interval: options.cleanup_interval(),
+        },
+        system_clock(),
+    )))
+}
+
+/// Serves MCP over `transport` until the client closes it or `shutdown` resolves, with
+/// background cleanup running meanwhile.
+pub async fn run<T, E, A>(
+    coordinator: Arc<Coordinator>,
+    transport: T,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<QuitReason, StartError>
+where
+    T: IntoTransport<rmcp::RoleServer, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let cleanup = coordinator.spawn_background_cleanup();
+    let server = mcp::PeerDiscoveryServer::new(Arc::clone(&coordinator));
+    let running = server
+        .serve(transport)
+        .await
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let stop = running.cancellation_token();
+    let quit = tokio::select! {
+        reason = running.waiting() => reason.map_err(|e| StartError::Serve(e.to_string()))?,
+        () = shutdown => {
+            tracing::info!("shutdown requested; finishing in-flight calls");
+            stop.cancel();
+            QuitReason::Cancelled
+        }
+    };
+    if let Some(task) = cleanup {
+        task.abort();
+    }
+    Ok(quit)
+}

@@ -1,0 +1,99 @@
+//! The binary: parse the command line, log to stderr, serve MCP on stdio.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use peer_discovery_mcp::config::Cli;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap prints them to stdout, which is right here.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One clear line, not clap's usage block: MCP clients show stderr's first line.
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "peer-discovery-mcp: {}; see --help",
+                line.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+
+    // stdout carries JSON-RPC: every log line goes to stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peer-discovery-mcp: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let coordinator = match peer_discovery_mcp::build_coordinator(&cli.options) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peer-discovery-mcp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let outcome = runtime.block_on(async {
+        peer_discovery_mcp::run(coordinator, rmcp::transport::stdio_pipes(), terminated()).await
+    });
+    // A blocking stdin read cannot be cancelled: do not wait for it, but give in-flight
+    // file writes (on the blocking pool) time to finish.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
+        Ok(reason) => {
+            tracing::info!(?reason, "server stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("peer-discovery-mcp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

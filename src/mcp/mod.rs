@@ -1,0 +1,359 @@
+//! The MCP server: one tool per function, each a thin translation between MCP and the
+//! [`Coordinator`]. Every tool returns `structuredContent` (described by its
+//! `outputSchema`) and a text block with a one-line summary followed by the same JSON, so
+//! clients that show only text still give the model everything.
+
+mod args;
+pub mod schema;
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::{ToolCallContext, schema_for_output};
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use serde::Serialize;
+
+pub use args::*;
+
+use crate::coordinator::{CallError, Coordinator, Outcomes, SourceStatus};
+use crate::peer::{Announcement, Heartbeat};
+use crate::registry::SourceName;
+
+/// What the server tells a client about itself at `initialize`.
+const INSTRUCTIONS: &str = "\
+Peer discovery for agents and libp2p-style nodes. A peer is an id, a multiaddr to reach it \
+at, and capabilities (e.g. storage, compute). Typical use: call register_peer once to announce \
+yourself, then update_peer before `expires_at` (about every ttl_seconds/2) to stay listed; call \
+discover_peers with capability_filter to find peers that can do a job; call unregister_peer when \
+you leave. Each result has `outcomes`, one entry per source (local_file: this machine's shared \
+file; github: a shared GitHub repository when configured); a source that is down does not hide \
+what the others found. Expired peers are removed in the background; cleanup_expired_peers does \
+it on demand. registry_status shows which sources are on and how they are doing.";
+
+/// The MCP front of one [`Coordinator`].
+#[derive(Clone)]
+pub struct PeerDiscoveryServer {
+    coordinator: Arc<Coordinator>,
+    tool_router: ToolRouter<Self>,
+}
+
+/// A result whose structured content is `value`, with a text block that starts with
+/// `summary` and carries the same JSON for clients that show only text.
+fn answer<T: Serialize>(summary: String, value: &T) -> Result<CallToolResult, String> {
+    let json = serde_json::to_value(value).map_err(|e| format!("internal error: {e}"))?;
+    let mut result = CallToolResult::structured(json.clone());
+    result.content = vec![ContentBlock::text(format!("{summary}\n{json}"))];
+    Ok(result)
+}
+
+fn sources_note(outcomes: &Outcomes) -> String {
+    SourceName::ALL
+        .into_iter()
+        .filter_map(|s| {
+            outcomes.get(s).map(|o| {
+                let status = match o.status {
+                    SourceStatus::Ok => "ok",
+                    SourceStatus::Error => "error",
+                    SourceStatus::Disabled => "disabled",
+                    SourceStatus::RateLimited => "rate limited",
+                    SourceStatus::Timeout => "timeout",
+                };
+                format!("{s}: {status}")
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn tool_error(error: CallError) -> String {
+    error.to_string()
+}
+
+#[tool_router]
+impl PeerDiscoveryServer {
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        Self {
+            coordinator,
+            tool_router: schema::sanitize_router(Self::tool_router()),
+        }
+    }
+
+    #[tool(
+        description = "Announce a peer (often yourself): its id, the multiaddr to reach it at, \
+its capabilities, and optional metadata. Creates the registration, or refreshes an existing one \
+(first_seen is kept). The answer gives the stored record with its lease: call update_peer before \
+`expires_at` to stay listed. `created` tells a new registration from a refresh; `outcomes` tells \
+what each source did. Omitted ttl_seconds: the server default (3600 s unless configured).",
+        output_schema = schema_for_output::<crate::coordinator::RegisterResult>(),
+        annotations(
+            title = "Register peer",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn register_peer(
+        &self,
+        Parameters(args): Parameters<RegisterPeerArgs>,
+    ) -> Result<CallToolResult, String> {
+        let announcement = Announcement::new(
+            args.peer_id,
+            &args.multiaddr,
+            &args.capabilities,
+            args.ttl_seconds,
+            args.metadata,
+            self.coordinator.default_ttl_seconds(),
+        )
+        .map_err(|e| e.to_string())?;
+        let result = self
+            .coordinator
+            .register(announcement, args.sources.as_deref())
+            .await
+            .map_err(tool_error)?;
+        let summary = format!(
+            "{} peer `{}` ({}); lease ends in {:.0} s: call update_peer before then",
+            if result.created {
+                "registered new"
+            } else {
+                "refreshed"
+            },
+            result.peer.peer_id,
+            sources_note(&result.outcomes),
+            result.peer.expires_in_seconds,
+        );
+        answer(summary, &result)
+    }
+
+    #[tool(
+        description = "Find peers, e.g. those that can do `compute` right now. Returns peers \
+ranked by last_seen, newest first (ties by peer_id), each with its multiaddr, capabilities, \
+metadata, lease and the sources that hold it. capability_filter keeps peers that announce all the \
+given capabilities; omitted, any peer matches. max_peers (1-1000, default 50) cuts the ranked list; \
+total_matched counts all matches. Expired peers are left out unless include_expired is true. \
+Omitted sources: every enabled source; `outcomes` says how each fared.",
+        output_schema = schema_for_output::<crate::coordinator::DiscoverResult>(),
+        annotations(
+            title = "Discover peers",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn discover_peers(
+        &self,
+        Parameters(args): Parameters<DiscoverPeersArgs>,
+    ) -> Result<CallToolResult, String> {
+        let result = self
+            .coordinator
+            .discover(
+                &args.capability_filter,
+                args.max_peers,
+                args.include_expired,
+                args.sources.as_deref(),
+            )
+            .await
+            .map_err(tool_error)?;
+        let filter = if args.capability_filter.is_empty() {
+            String::new()
+        } else {
+            format!(" with capabilities [{}]", args.capability_filter.join(", "))
+        };
+        let summary = format!(
+            "{} of {} matching peers{filter} returned ({})",
+            result.peers.len(),
+            result.total_matched,
+            sources_note(&result.outcomes),
+        );
+        answer(summary, &result)
+    }
+
+    #[tool(
+        description = "Heartbeat a registered peer: refreshes last_seen (a new lease starts now) \
+and replaces the fields that are given (multiaddr, capabilities, metadata, ttl_seconds); omitted \
+fields stay as they are. Call it before `expires_at` of the last answer, e.g. every ttl_seconds/2. \
+A peer that no source holds (never registered, or expired and cleaned up) is an error: call \
+register_peer instead.",
+        output_schema = schema_for_output::<crate::coordinator::UpdateResult>(),
+        annotations(
+            title = "Heartbeat / update peer",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn update_peer(
+        &self,
+        Parameters(args): Parameters<UpdatePeerArgs>,
+    ) -> Result<CallToolResult, String> {
+        let heartbeat = Heartbeat::new(
+            &args.peer_id,
+            args.multiaddr.as_deref(),
+            args.capabilities.as_deref(),
+            args.metadata,
+            args.ttl_seconds,
+        )
+        .map_err(|e| e.to_string())?;
+        let result = self
+            .coordinator
+            .update(&args.peer_id, heartbeat, args.sources.as_deref())
+            .await
+            .map_err(tool_error)?;
+        let summary = format!(
+            "heartbeat for `{}` recorded ({}); lease ends in {:.0} s",
+            result.peer.peer_id,
+            sources_note(&result.outcomes),
+            result.peer.expires_in_seconds,
+        );
+        answer(summary, &result)
+    }
+
+    #[tool(
+        description = "Remove a peer's registration, e.g. when an agent leaves. `removed` is \
+false when no source held the peer (nothing to do). Omitted sources: every enabled source.",
+        output_schema = schema_for_output::<crate::coordinator::UnregisterResult>(),
+        annotations(
+            title = "Unregister peer",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn unregister_peer(
+        &self,
+        Parameters(args): Parameters<UnregisterPeerArgs>,
+    ) -> Result<CallToolResult, String> {
+        let result = self
+            .coordinator
+            .unregister(&args.peer_id, args.sources.as_deref())
+            .await
+            .map_err(tool_error)?;
+        let summary = if result.removed {
+            format!(
+                "unregistered `{}` ({})",
+                result.peer_id,
+                sources_note(&result.outcomes)
+            )
+        } else {
+            format!(
+                "peer `{}` was not registered in any source asked ({})",
+                result.peer_id,
+                sources_note(&result.outcomes)
+            )
+        };
+        answer(summary, &result)
+    }
+
+    #[tool(
+        description = "Remove every peer whose lease has ended (now >= last_seen + ttl_seconds) \
+from the sources. The server also does this by itself in the background, so call it only to \
+clean up now. dry_run: true only reports what would be removed. Returns the count per source and \
+the peer ids removed. Omitted sources: every enabled source.",
+        output_schema = schema_for_output::<crate::coordinator::CleanupResult>(),
+        annotations(
+            title = "Clean up expired peers",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn cleanup_expired_peers(
+        &self,
+        Parameters(args): Parameters<CleanupExpiredPeersArgs>,
+    ) -> Result<CallToolResult, String> {
+        let result = self
+            .coordinator
+            .cleanup(args.dry_run, args.sources.as_deref())
+            .await
+            .map_err(tool_error)?;
+        let summary = format!(
+            "{} {} expired peers ({})",
+            if result.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            result.removed_peer_ids.len(),
+            sources_note(&result.outcomes),
+        );
+        answer(summary, &result)
+    }
+
+    #[tool(
+        description = "Show which sources are enabled (and why one is disabled), where they \
+store records, and per-source counters: calls, failures, last error, mean latency. Also the \
+default lease, the background cleanup interval and the per-source timeout. Takes no arguments.",
+        output_schema = schema_for_output::<crate::coordinator::StatusResult>(),
+        annotations(
+            title = "Registry status",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn registry_status(
+        &self,
+        Parameters(_): Parameters<RegistryStatusArgs>,
+    ) -> Result<CallToolResult, String> {
+        let status = self.coordinator.status();
+        let summary = status
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}: {}",
+                    s.source,
+                    if s.enabled { "enabled" } else { "disabled" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        answer(summary, &status)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for PeerDiscoveryServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    /// Like the generated dispatcher, but an unknown tool's error names the tools there are.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if !self.tool_router.has_route(&request.name) {
+            let known = self
+                .tool_router
+                .list_all()
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool `{}`; this server has: {known}", request.name),
+                None,
+            ));
+        }
+        let call = ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
+    }
+}

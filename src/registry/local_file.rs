@@ -1,0 +1,749 @@
+//! `LocalFileRegistry`: one JSON file on this machine, shared by every server process
+//! (and by the Python `ipfs_datasets_py` module) that points at it.
+//!
+//! File format: `{"peers": {"<peer_id>": {record}}, "last_cleanup": <unix seconds>}`.
+//!
+//! Safety rules, each closing a hole of the Python module:
+//! - every read-modify-write holds an advisory lock on the sidecar `<file>.lock` (the data
+//!   file's inode is replaced by each rename, so a lock on it would protect nothing);
+//! - every write goes to a temp file in the same folder, is fsynced, renamed over the data
+//!   file, and the folder is fsynced, so a crash leaves the old or the new file, never half;
+//! - a file that does not parse is renamed to `<file>.corrupt-<unix time>` and reported,
+//!   never overwritten; records that break a rule are kept in the file but not served;
+//! - a parsed file is cached and re-read only when its inode, size or mtime change.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Listing, PeerRegistry, RegistryError, SourceName, Stored};
+use crate::peer::{Heartbeat, JsonObject, PeerFilter, PeerRecord};
+
+/// The registry file on disk, as a cheap cloneable handle.
+#[derive(Clone)]
+pub struct LocalFileRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    lock_path: PathBuf,
+    /// The last parsed content and the stamp of the file it came from.
+    cache: Mutex<Option<Snapshot>>,
+    notices: Mutex<Vec<String>>,
+}
+
+#[derive(Clone)]
+struct Snapshot {
+    stamp: Option<FileStamp>,
+    file: Arc<RegistryFile>,
+}
+
+/// Identifies one version of the data file: a rename gives a new inode, a rewrite in
+/// place (by another tool) a new size or mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        }
+    }
+}
+
+/// The whole file. Unknown top-level keys are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RegistryFile {
+    #[serde(default)]
+    peers: BTreeMap<String, Entry>,
+    #[serde(default)]
+    last_cleanup: f64,
+    #[serde(flatten)]
+    other: JsonObject,
+}
+
+/// One value of `peers`: a record this server serves, or anything else, which is kept in
+/// the file untouched (someone else wrote it) but never served.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Entry {
+    Record(PeerRecord),
+    Unusable(Value),
+}
+
+impl RegistryFile {
+    fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            // An empty file is what a crashed `touch`-then-write leaves; nothing is lost.
+            return Ok(RegistryFile::default());
+        }
+        let mut file: RegistryFile = serde_json::from_slice(bytes)?;
+        for (key, entry) in file.peers.iter_mut() {
+            if let Entry::Record(record) = entry
+                && (record.check().is_err() || record.peer_id != *key)
+            {
+                tracing::warn!(peer_id = %key, "registry file holds a record that breaks a rule; it is kept but not served");
+                let raw = serde_json::to_value(&*record).unwrap_or(Value::Null);
+                *entry = Entry::Unusable(raw);
+            }
+        }
+        Ok(file)
+    }
+
+    fn record(&self, peer_id: &str) -> Option<&PeerRecord> {
+        match self.peers.get(peer_id) {
+            Some(Entry::Record(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn records(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.peers.values().filter_map(|e| match e {
+            Entry::Record(r) => Some(r),
+            Entry::Unusable(_) => None,
+        })
+    }
+
+    fn unusable_count(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|e| matches!(e, Entry::Unusable(_)))
+            .count()
+    }
+}
+
+impl LocalFileRegistry {
+    /// Opens (creating folders as needed) the registry at `path`: takes the lock once to
+    /// prove the folder is writable, removes temp files a killed writer left, and loads the
+    /// file, keeping a corrupt one aside. Blocking; call before serving.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, RegistryError> {
+        let path = path.into();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                RegistryError::io(
+                    "opening registry",
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
+                )
+            })?;
+        let dir = parent_dir(&path);
+        fs::create_dir_all(&dir).map_err(|e| RegistryError::io("creating folder", &dir, e))?;
+        let lock_path = dir.join(format!("{file_name}.lock"));
+        let inner = Inner {
+            path,
+            lock_path,
+            cache: Mutex::new(None),
+            notices: Mutex::new(Vec::new()),
+        };
+        {
+            let _lock = inner.lock()?;
+            inner.remove_stale_temp_files(&dir, &file_name);
+            inner.load_locked()?;
+        }
+        Ok(LocalFileRegistry {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn blocking<T, F>(&self, job: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, RegistryError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || job(&inner))
+            .await
+            .map_err(|e| RegistryError::Remote(format!("local file task failed: {e}")))?
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Holds the advisory lock until dropped (closing the file releases it).
+struct LockGuard(#[allow(dead_code)] File);
+
+impl Inner {
+    fn lock(&self) -> Result<LockGuard, RegistryError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(|e| RegistryError::io("opening lock file", &self.lock_path, e))?;
+        file.lock()
+            .map_err(|e| RegistryError::io("locking", &self.lock_path, e))?;
+        Ok(LockGuard(file))
+    }
+
+    fn temp_prefix(file_name: &str) -> String {
+        format!(".{file_name}.")
+    }
+
+    fn remove_stale_temp_files(&self, dir: &Path, file_name: &str) {
+        let prefix = Self::temp_prefix(file_name);
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(file = %entry.path().display(), "removed a temp file left by an interrupted write")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %entry.path().display(), error = %e, "could not remove a stale temp file")
+                    }
+                }
+            }
+        }
+    }
+
+    fn notice(&self, message: String) {
+        tracing::warn!("{message}");
+        if let Ok(mut notices) = self.notices.lock() {
+            notices.push(message);
+        }
+    }
+
+    fn cached(&self) -> Option<Snapshot> {
+        self.cache.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn set_cache(&self, snapshot: Option<Snapshot>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            *cache = snapshot;
+        }
+    }
+
+    /// Reads the file as it is now: the cached parse when the file has not changed.
+    /// `Err(bytes)`-style outcome: `Ok(Err(e))` means the file exists but does not parse.
+    fn read_current(&self) -> Result<Result<Snapshot, serde_json::Error>, RegistryError> {
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Ok(Snapshot {
+                    stamp: None,
+                    file: Arc::new(RegistryFile::default()),
+                }));
+            }
+            Err(e) => return Err(RegistryError::io("reading", &self.path, e)),
+        };
+        // Stamp the open handle, then read it: the stamp always belongs to the bytes read.
+        let meta = file
+            .metadata()
+            .map_err(|e| RegistryError::io("reading", &self.path, e))?;
+        let stamp = Some(FileStamp::of(&meta));
+        if let Some(snapshot) = self.cached()
+            && snapshot.stamp == stamp
+        {
+            return Ok(Ok(snapshot));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| RegistryError::io("reading", &self.path, e))?;
+        Ok(RegistryFile::parse(&bytes).map(|parsed| {
+            let snapshot = Snapshot {
+                stamp,
+                file: Arc::new(parsed),
+            };
+            self.set_cache(Some(snapshot.clone()));
+            snapshot
+        }))
+    }
+
+    /// The current content, for a caller that holds the lock: a corrupt file is kept aside
+    /// and the registry goes on from an empty state.
+    fn load_locked(&self) -> Result<Snapshot, RegistryError> {
+        match self.read_current()? {
+            Ok(snapshot) => Ok(snapshot),
+            Err(parse_error) => {
+                let aside = self.keep_aside()?;
+                self.notice(format!(
+                    "registry file `{}` did not parse ({parse_error}); it was kept aside as `{}` and the registry started again from empty",
+                    self.path.display(),
+                    aside.display()
+                ));
+                let snapshot = Snapshot {
+                    stamp: None,
+                    file: Arc::new(RegistryFile::default()),
+                };
+                self.set_cache(Some(snapshot.clone()));
+                Ok(snapshot)
+            }
+        }
+    }
+
+    fn keep_aside(&self) -> Result<PathBuf, RegistryError> {
+        let base = format!("{}.corrupt-{}", self.path.display(), unix_now());
+        let mut aside = PathBuf::from(&base);
+        let mut n = 1;
+        while aside.exists() {
+            aside = PathBuf::from(format!("{base}-{n}"));
+            n += 1;
+        }
+        fs::rename(&self.path, &aside)
+            .map_err(|e| RegistryError::io("keeping aside corrupt registry", &self.path, e))?;
+        Ok(aside)
+    }
+
+    /// The current content for a reader. Readers take no lock (writes are atomic renames);
+    /// only a corrupt file sends them through the locked path, which keeps it aside.
+    fn read(&self) -> Result<Arc<RegistryFile>, RegistryError> {
+        match self.read_current()? {
+            Ok(snapshot) => Ok(snapshot.file),
+            Err(_) => {
+                let _lock = self.lock()?;
+                Ok(self.load_locked()?.file)
+            }
+        }
+    }
+
+    /// One read-modify-write under the lock. `change` returns its answer and whether it
+    /// changed the file; an unchanged file is not rewritten.
+    fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut RegistryFile) -> (T, bool),
+    ) -> Result<T, RegistryError> {
+        let _lock = self.lock()?;
+        let snapshot = self.load_locked()?;
+        // Drop our cache's reference so that, with no reader holding the old version,
+        // make_mut edits in place instead of copying every record.
+        self.set_cache(None);
+        let stamp = snapshot.stamp;
+        let mut file = snapshot.file;
+        let (answer, changed) = change(Arc::make_mut(&mut file));
+        if changed {
+            let stamp = self.write_atomically(&file)?;
+            self.set_cache(Some(Snapshot {
+                stamp: Some(stamp),
+                file,
+            }));
+        } else {
+            self.set_cache(Some(Snapshot { stamp, file }));
+        }
+        Ok(answer)
+    }
+
+    /// Temp file in the same folder, fsync, rename over the data file, fsync the folder.
+    fn write_atomically(&self, content: &RegistryFile) -> Result<FileStamp, RegistryError> {
+        let dir = parent_dir(&self.path);
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let io = |action| move |e| RegistryError::io(action, &self.path, e);
+        let mut temp = tempfile::Builder::new()
+            .prefix(&Self::temp_prefix(&file_name))
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(io("creating temp file for"))?;
+        // Keep the permissions of the file being replaced (tempfile creates 0600).
+        if let Ok(meta) = fs::metadata(&self.path) {
+            let _ = temp.as_file().set_permissions(meta.permissions());
+        }
+        {
+            let mut writer = BufWriter::with_capacity(256 * 1024, temp.as_file_mut());
+            serde_json::to_writer(&mut writer, content)
+                .map_err(|e| RegistryError::io("writing", &self.path, std::io::Error::other(e)))?;
+            writer.flush().map_err(io("writing"))?;
+        }
+        temp.as_file().sync_all().map_err(io("syncing"))?;
+        let file = temp
+            .persist(&self.path)
+            .map_err(|e| RegistryError::io("replacing", &self.path, e.error))?;
+        if let Ok(dir_handle) = File::open(&dir) {
+            // Makes the rename itself durable; some file systems refuse, which is harmless.
+            let _ = dir_handle.sync_all();
+        }
+        let meta = file.metadata().map_err(io("reading back"))?;
+        Ok(FileStamp::of(&meta))
+    }
+}
+
+fn stored(record: &PeerRecord, created: bool) -> Stored {
+    Stored {
+        record: record.clone(),
+        created,
+        written: true,
+        issue_number: None,
+    }
+}
+
+const SOURCE: SourceName = SourceName::LocalFile;
+
+#[async_trait]
+impl PeerRegistry for LocalFileRegistry {
+    fn name(&self) -> SourceName {
+        SOURCE
+    }
+
+    async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
+        self.blocking(move |inner| {
+            inner.modify(|file| {
+                let existing = file.record(&record.peer_id);
+                let created = existing.is_none();
+                let mut new = record.stored_over(existing);
+                new.source = SOURCE.as_str().to_owned();
+                let answer = stored(&new, created);
+                file.peers.insert(new.peer_id.clone(), Entry::Record(new));
+                (answer, true)
+            })
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        peer_id: &str,
+        heartbeat: &Heartbeat,
+        now: f64,
+    ) -> Result<Option<Stored>, RegistryError> {
+        let peer_id = peer_id.to_owned();
+        let heartbeat = heartbeat.clone();
+        self.blocking(move |inner| {
+            inner.modify(|file| {
+                let Some(existing) = file.record(&peer_id) else {
+                    return (None, false);
+                };
+                let mut new = heartbeat.apply(existing, now);
+                new.source = SOURCE.as_str().to_owned();
+                let answer = stored(&new, false);
+                file.peers.insert(peer_id.clone(), Entry::Record(new));
+                (Some(answer), true)
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &PeerFilter) -> Result<Listing, RegistryError> {
+        let filter = filter.clone();
+        self.blocking(move |inner| {
+            let file = inner.read()?;
+            let peers = file
+                .records()
+                .filter(|r| filter.matches(r))
+                .cloned()
+                .collect();
+            Ok(Listing {
+                peers,
+                rejected: file.unusable_count(),
+            })
+        })
+        .await
+    }
+
+    async fn unregister(&self, peer_id: &str) -> Result<bool, RegistryError> {
+        let peer_id = peer_id.to_owned();
+        self.blocking(move |inner| {
+            inner.modify(|file| {
+                let removed = file.record(&peer_id).is_some();
+                if removed {
+                    file.peers.remove(&peer_id);
+                }
+                (removed, removed)
+            })
+        })
+        .await
+    }
+
+    async fn cleanup(&self, now: f64, dry_run: bool) -> Result<Vec<String>, RegistryError> {
+        self.blocking(move |inner| {
+            let expired = |file: &RegistryFile| -> Vec<String> {
+                file.records()
+                    .filter(|r| r.is_expired(now))
+                    .map(|r| r.peer_id.clone())
+                    .collect()
+            };
+            if dry_run {
+                let file = inner.read()?;
+                return Ok(expired(&file));
+            }
+            inner.modify(|file| {
+                let removed = expired(file);
+                for peer_id in &removed {
+                    file.peers.remove(peer_id);
+                }
+                if !removed.is_empty() {
+                    file.last_cleanup = now;
+                }
+                let changed = !removed.is_empty();
+                (removed, changed)
+            })
+        })
+        .await
+    }
+
+    fn take_notices(&self) -> Vec<String> {
+        self.inner
+            .notices
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::{Announcement, DEFAULT_TTL_SECONDS};
+
+    fn record(peer_id: &str, caps: &[&str], ttl: i64, now: f64) -> PeerRecord {
+        let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+        Announcement::new(
+            peer_id.into(),
+            "/ip4/127.0.0.1/tcp/4001",
+            &caps,
+            Some(ttl),
+            None,
+            DEFAULT_TTL_SECONDS,
+        )
+        .expect("valid")
+        .into_record(now)
+    }
+
+    fn all(now: f64) -> PeerFilter {
+        PeerFilter::new(&[], true, now).expect("valid")
+    }
+
+    fn read_json(path: &Path) -> Value {
+        serde_json::from_slice(&fs::read(path).expect("file")).expect("json")
+    }
+
+    /// The file holds the Python module's shape, each record with exactly its eight keys,
+    /// and a re-register keeps `first_seen`.
+    #[tokio::test]
+    async fn writes_the_shared_format_and_keeps_first_seen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested/folder/peer_registry.json");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let first = reg
+            .register(record("a", &["storage"], 60, 100.0))
+            .await
+            .expect("register");
+        assert!(first.created);
+        let again = reg
+            .register(record("a", &["compute"], 60, 200.0))
+            .await
+            .expect("register");
+        assert!(!again.created);
+        assert_eq!(
+            (again.record.first_seen, again.record.last_seen),
+            (100.0, 200.0)
+        );
+
+        let json = read_json(&path);
+        let rec = json["peers"]["a"].as_object().expect("record");
+        let mut keys: Vec<&str> = rec.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "capabilities",
+                "first_seen",
+                "last_seen",
+                "metadata",
+                "multiaddr",
+                "peer_id",
+                "source",
+                "ttl_seconds"
+            ]
+        );
+        assert_eq!(rec["source"], "local_file");
+        assert_eq!(rec["capabilities"], serde_json::json!(["compute"]));
+        assert!(json["last_cleanup"].is_number());
+    }
+
+    /// Unknown keys (top level and in a record) and records that break a rule survive
+    /// a write by this server; the broken record is counted, not served.
+    #[tokio::test]
+    async fn keeps_what_it_does_not_understand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        fs::write(
+            &path,
+            r#"{"peers": {
+                "old": {"peer_id": "old", "multiaddr": "/ip4/127.0.0.1/tcp/1", "capabilities": [],
+                        "first_seen": 1.0, "last_seen": 1.0, "source": "local_file",
+                        "ttl_seconds": 600000, "metadata": {}, "signature": "sig"},
+                "bad": {"peer_id": "bad", "multiaddr": "nonsense"}
+              }, "last_cleanup": 5.0, "version": 2}"#,
+        )
+        .expect("seed");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let listing = reg.list(&all(10.0)).await.expect("list");
+        assert_eq!(listing.peers.len(), 1);
+        assert_eq!(listing.rejected, 1);
+
+        reg.register(record("old", &[], 60, 10.0))
+            .await
+            .expect("register");
+        let json = read_json(&path);
+        assert_eq!(json["version"], 2);
+        assert_eq!(json["peers"]["bad"]["multiaddr"], "nonsense");
+        assert_eq!(json["peers"]["old"]["signature"], "sig");
+        assert_eq!(json["peers"]["old"]["first_seen"], 1.0);
+    }
+
+    /// A file that does not parse is kept aside, reported once, and never overwritten.
+    #[tokio::test]
+    async fn corrupt_file_is_kept_aside_and_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        fs::write(&path, b"{\"peers\": {\"a\": tru").expect("seed");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let notices = reg.take_notices();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("did not parse"), "{}", notices[0]);
+        assert!(reg.take_notices().is_empty());
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(
+            fs::read(aside[0].path()).expect("aside"),
+            b"{\"peers\": {\"a\": tru"
+        );
+        assert!(reg.list(&all(0.0)).await.expect("list").peers.is_empty());
+
+        // Corrupted again while running: the next read keeps that one aside too.
+        reg.register(record("b", &[], 60, 1.0))
+            .await
+            .expect("register");
+        fs::write(&path, b"garbage").expect("corrupt");
+        assert!(reg.list(&all(2.0)).await.expect("list").peers.is_empty());
+        assert_eq!(reg.take_notices().len(), 1);
+    }
+
+    /// Temp files left by a killed writer are removed when the registry opens.
+    #[test]
+    fn stale_temp_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        let stale = dir.path().join(".peer_registry.json.abc123.tmp");
+        let unrelated = dir.path().join("notes.tmp");
+        fs::write(&stale, b"half").expect("seed");
+        fs::write(&unrelated, b"keep").expect("seed");
+        LocalFileRegistry::open(&path).expect("open");
+        assert!(!stale.exists());
+        assert!(unrelated.exists());
+    }
+
+    /// Expired records leave on cleanup; a dry run reports them and removes nothing.
+    #[tokio::test]
+    async fn cleanup_removes_expired_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = LocalFileRegistry::open(dir.path().join("r.json")).expect("open");
+        reg.register(record("short", &[], 10, 0.0))
+            .await
+            .expect("register");
+        reg.register(record("long", &[], 1000, 0.0))
+            .await
+            .expect("register");
+        assert_eq!(reg.cleanup(20.0, true).await.expect("dry"), vec!["short"]);
+        assert_eq!(reg.list(&all(20.0)).await.expect("list").peers.len(), 2);
+        assert_eq!(
+            reg.cleanup(20.0, false).await.expect("cleanup"),
+            vec!["short"]
+        );
+        assert_eq!(reg.list(&all(20.0)).await.expect("list").peers.len(), 1);
+        assert!(reg.cleanup(20.0, false).await.expect("again").is_empty());
+    }
+
+    /// Update of a peer the file does not hold reports None and writes nothing.
+    #[tokio::test]
+    async fn update_and_unregister_of_unknown_peer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.json");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let beat = Heartbeat::default();
+        assert!(
+            reg.update("ghost", &beat, 1.0)
+                .await
+                .expect("update")
+                .is_none()
+        );
+        assert!(!reg.unregister("ghost").await.expect("unregister"));
+        assert!(!path.exists(), "nothing was written");
+    }
+
+    /// Two registries with separate handles, 200 registrations each at once: all 400 stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_lose_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let reg = LocalFileRegistry::open(&path).expect("open");
+                tokio::spawn(async move {
+                    for i in 0..200 {
+                        reg.register(record(&format!("w{w}-p{i}"), &[], 600, 1.0))
+                            .await
+                            .expect("register");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("writer");
+        }
+        let json = read_json(&path);
+        assert_eq!(json["peers"].as_object().expect("peers").len(), 400);
+        let fresh = LocalFileRegistry::open(&path).expect("open");
+        assert_eq!(fresh.list(&all(2.0)).await.expect("list").peers.len(), 400);
+    }
+
+    /// A change written by another handle is seen by the next read (the cache is checked
+    /// against the file, not trusted).
+    #[tokio::test]
+    async fn reads_see_other_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.json");
+        let a = LocalFileRegistry::open(&path).expect("open");
+        let b = LocalFileRegistry::open(&path).expect("open");
+        assert!(a.list(&all(1.0)).await.expect("list").peers.is_empty());
+        b.register(record("x", &[], 60, 1.0))
+            .await
+            .expect("register");
+        assert_eq!(a.list(&all(1.0)).await.expect("list").peers.len(), 1);
+    }
+}

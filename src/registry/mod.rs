@@ -1,0 +1,138 @@
+//! Registries ("sources"): where peer records live, behind one small trait.
+//!
+//! A registry only stores and reads records. Policy (validation, what a register keeps,
+//! what a heartbeat changes, expiry) lives in [`crate::peer`]; fan-out, merge and ranking
+//! live in [`crate::coordinator`]. A registry calls those rules inside its own atomic
+//! section, so that two writers never lose each other's changes.
+
+pub mod local_file;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
+
+pub use local_file::LocalFileRegistry;
+
+/// The name of a source, as tools accept and report it: `local_file` (the JSON file on
+/// this machine) or `github` (one issue per peer in a shared repository).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceName {
+    // The JSON file on this machine, shared by every server process.
+    LocalFile,
+    // One GitHub issue per peer in a shared repository.
+    Github,
+}
+
+impl SourceName {
+    pub const ALL: [SourceName; 2] = [SourceName::LocalFile, SourceName::Github];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceName::LocalFile => "local_file",
+            SourceName::Github => "github",
+        }
+    }
+}
+
+impl fmt::Display for SourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a source did with one record it was asked to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The copy as the source now holds it (`source` set to the source's name).
+    pub record: PeerRecord,
+    /// True when the source held no copy of this peer before.
+    pub created: bool,
+    /// False when the source decided the write was not needed (the held copy was still
+    /// fresh enough); the record is then the held copy.
+    pub written: bool,
+    /// The GitHub issue that holds the record, for sources that have one.
+    pub issue_number: Option<u64>,
+}
+
+/// The records a source holds that match a filter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    pub peers: Vec<PeerRecord>,
+    /// Records found but skipped because they break a rule of the format.
+    pub rejected: usize,
+}
+
+/// Why a source could not serve a call. Messages name the source's resource and never
+/// contain a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{action} `{path}` failed: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("rate limited; retry after {retry_after_seconds} s")]
+    RateLimited { retry_after_seconds: u64 },
+    #[error("{0}")]
+    Remote(String),
+}
+
+impl RegistryError {
+    pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        RegistryError::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// A registry of peer records. Every method is one atomic step with respect to other
+/// writers of the same registry, including other processes.
+#[async_trait]
+pub trait PeerRegistry: Send + Sync {
+    /// The name this source reports in outcomes and in each record's `source`.
+    fn name(&self) -> SourceName;
+
+    /// Stores `record` as the peer's current announcement: creates it, or replaces the held
+    /// copy through [`PeerRecord::stored_over`] (so `first_seen` and unknown fields of the
+    /// held copy survive).
+    async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError>;
+
+    /// Applies a heartbeat at `now` to the held copy of `peer_id`.
+    /// `Ok(None)` when this source holds no copy of the peer.
+    async fn update(
+        &self,
+        peer_id: &str,
+        heartbeat: &Heartbeat,
+        now: f64,
+    ) -> Result<Option<Stored>, RegistryError>;
+
+    /// Every valid record that matches `filter`, in no particular order.
+    async fn list(&self, filter: &PeerFilter) -> Result<Listing, RegistryError>;
+
+    /// Removes the peer. `Ok(false)` when this source held no copy of it.
+    async fn unregister(&self, peer_id: &str) -> Result<bool, RegistryError>;
+
+    /// Removes every record expired at `now`, or with `dry_run` only says which would go.
+    /// Returns the removed peer ids.
+    async fn cleanup(&self, now: f64, dry_run: bool) -> Result<Vec<String>, RegistryError>;
+
+    /// Things the caller should hear about that happened since the last call (for example
+    /// a corrupt file kept aside). Each notice is returned once.
+    fn take_notices(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
