@@ -64,6 +64,8 @@ pub enum InvalidPeer {
         "capability `{0}` is not allowed; use 1 to {MAX_CAPABILITY_LEN} characters of a-z 0-9 . _ -, starting with a letter or digit (e.g. `storage`, `compute`)"
     )]
     BadCapability(String),
+    #[error("capability `{0}` must be lower-case: use `{1}`")]
+    UpperCaseCapability(String, String),
     #[error("ttl_seconds must be within {MIN_TTL_SECONDS}..={MAX_TTL_SECONDS} (got {0})")]
     TtlOutOfRange(i128),
     #[error("metadata is {0} bytes as JSON; the limit is {MAX_METADATA_BYTES}")]
@@ -396,13 +398,19 @@ pub fn canonical_multiaddr(peer_id: &str, text: &str) -> Result<String, InvalidP
     Ok(canonical)
 }
 
-/// Lower-cases, checks and de-duplicates capability names, keeping their order.
+/// Checks and de-duplicates capability names, keeping their order.
+///
+/// Upper-case names are refused rather than folded (the contract's issue asks for an
+/// error), with the lower-case spelling in the message so the caller can fix the call.
 pub fn normalize_capabilities(capabilities: &[String]) -> Result<Vec<String>, InvalidPeer> {
     let mut normalized: Vec<String> = Vec::with_capacity(capabilities.len().min(MAX_CAPABILITIES));
     for raw in capabilities {
         let name = raw.to_ascii_lowercase();
         if !is_capability_name(&name) {
             return Err(InvalidPeer::BadCapability(raw.clone()));
+        }
+        if name != *raw {
+            return Err(InvalidPeer::UpperCaseCapability(raw.clone(), name));
         }
         if !normalized.contains(&name) {
             normalized.push(name);
@@ -524,13 +532,20 @@ mod tests {
         ));
     }
 
-    /// Capabilities are lower-cased and de-duplicated in order; bad names and counts fail.
+    /// Capabilities are de-duplicated in order; upper case, bad names and counts fail.
     #[test]
     fn capability_rules() {
         let caps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            normalize_capabilities(&caps(&["Storage", "compute", "storage"])),
+            normalize_capabilities(&caps(&["storage", "compute", "storage"])),
             Ok(caps(&["storage", "compute"]))
+        );
+        assert_eq!(
+            normalize_capabilities(&caps(&["Storage"])),
+            Err(InvalidPeer::UpperCaseCapability(
+                "Storage".into(),
+                "storage".into()
+            ))
         );
         assert!(normalize_capabilities(&caps(&["a".repeat(39).as_str()])).is_ok());
         assert!(normalize_capabilities(&caps(&["a".repeat(40).as_str()])).is_err());
@@ -603,7 +618,7 @@ mod tests {
         )
         .expect("valid")
         .into_record(10.0);
-        let beat = Heartbeat::new("p", None, Some(&["Compute".into()]), None, None).expect("valid");
+        let beat = Heartbeat::new("p", None, Some(&["compute".into()]), None, None).expect("valid");
         assert!(beat.changes_fields_of(&old));
         let new = beat.apply(&old, 20.0);
         assert_eq!((new.first_seen, new.last_seen), (10.0, 20.0));

@@ -57,7 +57,7 @@ async fn a_peer_lives_and_leaves() {
         json!({
             "peer_id": LIBP2P_ID,
             "multiaddr": format!("/ip4/192.0.2.7/tcp/4001/ipfs/{LIBP2P_ID}"),
-            "capabilities": ["Storage", "compute"],
+            "capabilities": ["storage", "compute", "storage"],
             "metadata": {"region": "eu"}
         }),
     )

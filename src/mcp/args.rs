@@ -19,7 +19,7 @@ pub struct RegisterPeerArgs {
     /// equal peer_id; `/ipfs/` is stored as `/p2p/`.
     pub multiaddr: String,
     /// What the peer can do, e.g. ["storage", "compute"]. At most 32 names, each 1 to 39
-    /// characters of a-z 0-9 . _ - (lower-cased, duplicates dropped). Omitted: none.
+    /// characters of lower-case a-z 0-9 . _ - (duplicates dropped). Omitted: none.
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub capabilities: Vec<String>,
