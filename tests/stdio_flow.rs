@@ -234,3 +234,35 @@ async fn text_content_summarises_and_mirrors_the_json() {
     assert_eq!(&mirrored, ok(&result));
     client.cancel().await.expect("shutdown");
 }
+
+/// With `--cleanup-interval 1`, an expired peer leaves the file without anyone calling
+/// cleanup_expired_peers.
+#[tokio::test]
+async fn background_cleanup_removes_expired_peers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.json");
+    let client = support::start(&path, &["--cleanup-interval", "1"]).await;
+    ok(&call(
+        &client,
+        "register_peer",
+        json!({"peer_id": "brief", "multiaddr": "/ip4/127.0.0.1/tcp/1", "ttl_seconds": 1}),
+    )
+    .await);
+    ok(&call(
+        &client,
+        "register_peer",
+        json!({"peer_id": "stays", "multiaddr": "/ip4/127.0.0.1/tcp/2"}),
+    )
+    .await);
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if read_registry(&path)["peers"].get("brief").is_none() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the expired peer is still in the file after 5 s");
+    assert!(read_registry(&path)["peers"]["stays"].is_object());
+    client.cancel().await.expect("shutdown");
+}

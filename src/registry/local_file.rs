@@ -38,6 +38,8 @@ struct Inner {
     /// The last parsed content and the stamp of the file it came from.
     cache: Mutex<Option<Snapshot>>,
     notices: Mutex<Vec<String>>,
+    /// How many times the file was read and parsed (the cache makes this rare).
+    parses: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -154,6 +156,7 @@ impl LocalFileRegistry {
             lock_path,
             cache: Mutex::new(None),
             notices: Mutex::new(Vec::new()),
+            parses: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let _lock = inner.lock()?;
@@ -275,6 +278,8 @@ impl Inner {
         {
             return Ok(Ok(snapshot));
         }
+        self.parses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         file.read_to_end(&mut bytes)
             .map_err(|e| RegistryError::io("reading", &self.path, e))?;
