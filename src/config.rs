@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::peer::{MAX_TTL_SECONDS, MIN_TTL_SECONDS};
+use crate::registry::github::RepoName;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +21,9 @@ register themselves as peers, find peers by capability, heartbeat, and clean up.
 It is started by an MCP client (Claude Desktop, an IDE, an agent framework) and speaks JSON-RPC \
 on stdin/stdout; logs go to stderr (set RUST_LOG, e.g. RUST_LOG=info). Records live in a local \
 JSON file shared by every server process on this machine.",
-    after_help = "Run with no command to serve MCP on stdio (same as `serve`)."
+    after_help = "Run with no command to serve MCP on stdio (same as `serve`).\n\n\
+The GitHub source is on when --github-repo is set and a token is in GITHUB_TOKEN (or GH_TOKEN); \
+the token is read only from the environment, never from a flag, and never printed."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -80,6 +83,71 @@ pub struct Options {
         value_parser = parse_timeout
     )]
     pub source_timeout: f64,
+
+    /// GitHub repository (OWNER/NAME) that holds one issue per peer. With a token in
+    /// GITHUB_TOKEN or GH_TOKEN, this turns the GitHub source on.
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_GITHUB_REPO",
+        value_name = "OWNER/NAME",
+        global = true
+    )]
+    pub github_repo: Option<RepoName>,
+
+    /// GitHub REST API base URL: change it for GitHub Enterprise
+    /// (https://HOST/api/v3) or a test server.
+    #[arg(
+        long,
+        env = "GITHUB_API_URL",
+        value_name = "URL",
+        global = true,
+        default_value = "https://api.github.com",
+        value_parser = parse_api_url
+    )]
+    pub github_api_url: String,
+
+    /// Timeout of one GitHub request (seconds, fractions allowed).
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_GITHUB_TIMEOUT",
+        value_name = "SECONDS",
+        global = true,
+        default_value_t = 5.0,
+        value_parser = parse_timeout
+    )]
+    pub github_timeout: f64,
+
+    /// Only trust peer issues opened by these GitHub logins (comma-separated). Empty: any
+    /// issue carrying the peer-registry label (which only collaborators can set).
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_GITHUB_TRUSTED_AUTHORS",
+        value_name = "LOGIN,...",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub github_trusted_authors: Vec<String>,
+
+    /// How long a GitHub listing is reused before discover asks GitHub again (seconds;
+    /// 0 = ask every time, still with free conditional requests).
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_GITHUB_CACHE_SECONDS",
+        value_name = "SECONDS",
+        global = true,
+        default_value_t = 15
+    )]
+    pub github_cache_seconds: u64,
+}
+
+fn parse_api_url(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(text.trim_end_matches('/').to_owned()),
+        _ => Err(format!("`{text}` is not an http(s) URL with a host")),
+    }
 }
 
 fn parse_timeout(text: &str) -> Result<f64, String> {
@@ -112,4 +180,17 @@ impl Options {
     pub fn cleanup_interval(&self) -> Duration {
         Duration::from_secs(self.cleanup_interval)
     }
+
+    pub fn github_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.github_timeout)
+    }
+}
+
+/// The GitHub token from the environment: GITHUB_TOKEN, else GH_TOKEN (empty = unset).
+pub fn github_token_from_env() -> Option<String> {
+    ["GITHUB_TOKEN", "GH_TOKEN"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|token| token.trim().to_owned())
+        .find(|token| !token.is_empty())
 }

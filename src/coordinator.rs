@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::peer::{Announcement, Heartbeat, InvalidPeer, JsonObject, PeerFilter, PeerRecord};
-use crate::registry::{PeerRegistry, RegistryError, SourceName};
+use crate::registry::{PeerRegistry, Progress, RegistryError, SourceName};
 
 /// Where the coordinator reads the time: Unix seconds. Tests pass their own.
 pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -260,7 +260,8 @@ pub struct UnregisterResult {
 pub struct CleanupResult {
     /// True when nothing was removed, only reported.
     pub dry_run: bool,
-    /// How many expired records each source removed (or would remove).
+    /// How many expired records each source removed (or would remove), and how many
+    /// expired entries left the in-memory listing cache (`cache`).
     pub removed: BTreeMap<String, u64>,
     /// The distinct peer ids removed (or that would be), sorted.
     pub removed_peer_ids: Vec<String>,
@@ -487,6 +488,7 @@ impl Coordinator {
         max_peers: Option<i64>,
         include_expired: bool,
         asked: Option<&[SourceName]>,
+        progress: &Progress,
     ) -> Result<DiscoverResult, CallError> {
         let max_peers = max_peers.unwrap_or(DEFAULT_DISCOVER_PEERS);
         if !(1..=MAX_DISCOVER_PEERS).contains(&max_peers) {
@@ -500,7 +502,8 @@ impl Coordinator {
         let results = self
             .fan_out(&sources, |s| {
                 let filter = filter.clone();
-                async move { s.list(&filter).await }
+                let progress = progress.clone();
+                async move { s.list(&filter, &progress).await }
             })
             .await;
         let mut listings = Vec::new();
@@ -669,13 +672,23 @@ impl Coordinator {
         &self,
         dry_run: bool,
         asked: Option<&[SourceName]>,
+        progress: &Progress,
     ) -> Result<CleanupResult, CallError> {
         let (sources, mut outcomes) = self.select(asked)?;
         let now = self.now();
         let results = self
-            .fan_out(&sources, |s| async move { s.cleanup(now, dry_run).await })
+            .fan_out(&sources, |s| {
+                let progress = progress.clone();
+                async move { s.cleanup(now, dry_run, &progress).await }
+            })
             .await;
         let mut removed = BTreeMap::new();
+        let evicted: usize = if dry_run {
+            0
+        } else {
+            sources.iter().map(|s| s.evict_expired_cache(now)).sum()
+        };
+        removed.insert("cache".to_owned(), evicted as u64);
         let mut ids = Vec::new();
         let mut served = false;
         for (name, result) in results {
@@ -746,7 +759,7 @@ impl Coordinator {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                match this.cleanup(false, None).await {
+                match this.cleanup(false, None, &Progress::default()).await {
                     Ok(result) if !result.removed_peer_ids.is_empty() => tracing::info!(
                         removed = result.removed_peer_ids.len(),
                         "background cleanup removed expired peers"
@@ -860,13 +873,18 @@ mod tests {
         ) -> Result<Option<Stored>, RegistryError> {
             futures::future::pending().await
         }
-        async fn list(&self, _: &PeerFilter) -> Result<Listing, RegistryError> {
+        async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, RegistryError> {
             futures::future::pending().await
         }
         async fn unregister(&self, _: &str) -> Result<bool, RegistryError> {
             futures::future::pending().await
         }
-        async fn cleanup(&self, _: f64, _: bool) -> Result<Vec<String>, RegistryError> {
+        async fn cleanup(
+            &self,
+            _: f64,
+            _: bool,
+            _: &Progress,
+        ) -> Result<Vec<String>, RegistryError> {
             futures::future::pending().await
         }
     }
@@ -918,14 +936,23 @@ mod tests {
             Some(SourceStatus::Timeout)
         );
         assert_eq!(reg.peer.sources, vec![SourceName::LocalFile]);
-        let found = c.discover(&[], None, false, None).await.expect("discover");
+        let found = c
+            .discover(&[], None, false, None, &Progress::default())
+            .await
+            .expect("discover");
         assert_eq!(found.peers.len(), 1);
         assert_eq!(
             found.outcomes.local_file.as_ref().map(|o| o.status),
             Some(SourceStatus::Ok)
         );
         let only_stalled = c
-            .discover(&[], None, false, Some(&[SourceName::Github]))
+            .discover(
+                &[],
+                None,
+                false,
+                Some(&[SourceName::Github]),
+                &Progress::default(),
+            )
             .await;
         assert!(matches!(only_stalled, Err(CallError::NoSource(_))));
     }
@@ -950,7 +977,7 @@ mod tests {
             .expect("register");
         now.store(1010, Ordering::SeqCst);
         let found = c
-            .discover(&["compute".into()], None, false, None)
+            .discover(&["compute".into()], None, false, None, &Progress::default())
             .await
             .expect("discover");
         assert_eq!(
@@ -961,9 +988,15 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["long"]
         );
-        let all = c.discover(&[], None, true, None).await.expect("discover");
+        let all = c
+            .discover(&[], None, true, None, &Progress::default())
+            .await
+            .expect("discover");
         assert_eq!(all.total_matched, 2);
-        let cleaned = c.cleanup(false, None).await.expect("cleanup");
+        let cleaned = c
+            .cleanup(false, None, &Progress::default())
+            .await
+            .expect("cleanup");
         assert_eq!(cleaned.removed_peer_ids, vec!["short"]);
         assert_eq!(cleaned.removed.get("local_file"), Some(&1));
     }
@@ -987,7 +1020,7 @@ mod tests {
                 .expect("register");
         }
         let found = c
-            .discover(&[], Some(2), false, None)
+            .discover(&[], Some(2), false, None, &Progress::default())
             .await
             .expect("discover");
         assert_eq!(
@@ -1000,7 +1033,8 @@ mod tests {
         );
         assert_eq!(found.total_matched, 4);
         assert!(matches!(
-            c.discover(&[], Some(0), false, None).await,
+            c.discover(&[], Some(0), false, None, &Progress::default())
+                .await,
             Err(CallError::BadArgument(_))
         ));
     }

@@ -6,7 +6,7 @@
 //! - [`peer`]: the peer record, its validation rules and lease maths (time is an argument).
 //! - [`registry`]: the [`registry::PeerRegistry`] trait, one storage backend ("source")
 //!   per module: [`registry::local_file`] is the JSON file shared by every process on the
-//!   machine.
+//!   machine; [`registry::github`] keeps one GitHub issue per peer in a shared repository.
 //! - [`coordinator`]: fans each call out to the chosen sources under a timeout, merges
 //!   (dedup by `peer_id`, newest `last_seen` wins), ranks, reports per-source outcomes,
 //!   and cleans up expired peers in the background.
@@ -34,7 +34,8 @@ use rmcp::transport::IntoTransport;
 
 use crate::config::Options;
 use crate::coordinator::{Coordinator, CoordinatorConfig, EnabledSource, system_clock};
-use crate::registry::{LocalFileRegistry, RegistryError, SourceName};
+use crate::registry::github::{GitHubSettings, WriteBudget};
+use crate::registry::{GitHubIssuesRegistry, LocalFileRegistry, RegistryError, SourceName};
 
 /// Why the server could not start. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -45,27 +46,66 @@ pub enum StartError {
         #[source]
         source: RegistryError,
     },
+    #[error("cannot use the GitHub source: {0}")]
+    GitHub(String),
     #[error("cannot serve MCP: {0}")]
     Serve(String),
 }
 
-/// Opens every configured source and builds the coordinator over them.
-/// Blocking (it opens files); call it before serving.
-pub fn build_coordinator(options: &Options) -> Result<Arc<Coordinator>, StartError> {
+/// Opens every configured source and builds the coordinator over them. `github_token`
+/// is the token from the environment (see [`config::github_token_from_env`]).
+/// Blocking (it opens files); call it inside a tokio runtime, before serving.
+pub fn build_coordinator(
+    options: &Options,
+    github_token: Option<String>,
+) -> Result<Arc<Coordinator>, StartError> {
     let local =
         LocalFileRegistry::open(&options.registry_path).map_err(|source| StartError::Registry {
             path: options.registry_path.display().to_string(),
             source,
         })?;
-    let sources = vec![EnabledSource {
+    let mut sources = vec![EnabledSource {
         description: format!("records in {}", local.path().display()),
         registry: Arc::new(local),
     }];
     let mut disabled = BTreeMap::new();
-    disabled.insert(
-        SourceName::Github,
-        "the GitHub source is not part of this build yet".to_owned(),
-    );
+    match (&options.github_repo, github_token) {
+        (Some(repo), Some(token)) => {
+            let settings = GitHubSettings {
+                repo: repo.clone(),
+                api_url: options.github_api_url.clone(),
+                request_timeout: options.github_timeout(),
+                trusted_authors: options.github_trusted_authors.clone(),
+                listing_ttl: std::time::Duration::from_secs(options.github_cache_seconds),
+                write_budget: WriteBudget::default(),
+            };
+            let github = GitHubIssuesRegistry::new(settings, token)
+                .map_err(|e| StartError::GitHub(e.to_string()))?;
+            sources.push(EnabledSource {
+                description: github.describe(),
+                registry: Arc::new(github),
+            });
+        }
+        (Some(repo), None) => {
+            disabled.insert(
+                SourceName::Github,
+                format!("no token: set GITHUB_TOKEN (or GH_TOKEN) to a token that can write issues in {repo}"),
+            );
+        }
+        (None, Some(_)) => {
+            disabled.insert(
+                SourceName::Github,
+                "no repository: set --github-repo OWNER/NAME (or PEER_REGISTRY_GITHUB_REPO)"
+                    .to_owned(),
+            );
+        }
+        (None, None) => {
+            disabled.insert(
+                SourceName::Github,
+                "not configured: set --github-repo OWNER/NAME (or PEER_REGISTRY_GITHUB_REPO) and GITHUB_TOKEN (or GH_TOKEN)".to_owned(),
+            );
+        }
+    }
     Ok(Arc::new(Coordinator::new(
         sources,
         disabled,

@@ -48,7 +48,13 @@ fn main() -> ExitCode {
         }
     };
 
-    let coordinator = match peer_discovery_mcp::build_coordinator(&cli.options) {
+    let built = {
+        // octocrab builds its client inside a runtime.
+        let _entered = runtime.enter();
+        let token = peer_discovery_mcp::config::github_token_from_env();
+        peer_discovery_mcp::build_coordinator(&cli.options, token)
+    };
+    let coordinator = match built {
         Ok(c) => c,
         Err(e) => {
             eprintln!("peer-discovery-mcp: {e}");

@@ -16,10 +16,17 @@ async fn run(args: &[&str]) -> Output {
         .expect("run binary")
 }
 
-/// `--help` names every flag with its environment variable and default.
+/// `--help` names every flag with its environment variable and default, and never shows
+/// the GitHub token even when it is set.
 #[tokio::test]
 async fn help_documents_every_flag() {
-    let out = run(&["--help"]).await;
+    let out = support::command()
+        .arg("--help")
+        .env("GITHUB_TOKEN", "ghp_secret_in_help_test")
+        .env("GH_TOKEN", "gh_secret_in_help_test")
+        .output()
+        .await
+        .expect("run binary");
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).expect("utf-8");
     for expected in [
@@ -56,6 +63,8 @@ async fn bad_configuration_is_one_line_and_nonzero() {
         (vec!["--cleanup-interval", "soon"], "--cleanup-interval"),
         (vec!["--source-timeout", "0"], "--source-timeout"),
         (vec!["--no-such-flag"], "--no-such-flag"),
+        (vec!["--github-repo", "not-a-repo"], "is not OWNER/NAME"),
+        (vec!["--github-api-url", "ftp://x"], "is not an http(s) URL"),
         (
             vec![
                 "--registry-path",

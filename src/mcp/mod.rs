@@ -13,7 +13,7 @@ use rmcp::handler::server::tool::{ToolCallContext, schema_for_output};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ServerCapabilities, ServerConfig,
+    ProgressNotificationParam, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
@@ -23,7 +23,7 @@ pub use args::*;
 
 use crate::coordinator::{CallError, Coordinator, Outcomes, SourceStatus};
 use crate::peer::{Announcement, Heartbeat};
-use crate::registry::SourceName;
+use crate::registry::{Progress, SourceName};
 
 /// What the server tells a client about itself at `initialize`.
 const INSTRUCTIONS: &str = "\
@@ -73,6 +73,53 @@ fn sources_note(outcomes: &Outcomes) -> String {
 
 fn tool_error(error: CallError) -> String {
     error.to_string()
+}
+
+/// Sends `notifications/progress` for long work when the client asked for it (with a
+/// `progressToken` in the request's `_meta`). Notifications go out in order through one
+/// task; [`ProgressRelay::finish`] waits for them so none trails the result.
+struct ProgressRelay {
+    progress: Progress,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProgressRelay {
+    fn new(context: &RequestContext<RoleServer>) -> Self {
+        let Some(token) = context.meta.get_progress_token() else {
+            return ProgressRelay {
+                progress: Progress::default(),
+                forwarder: None,
+            };
+        };
+        let (sender, mut receiver) =
+            tokio::sync::mpsc::unbounded_channel::<(u64, Option<u64>, String)>();
+        let peer = context.peer.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some((done, total, message)) = receiver.recv().await {
+                let mut param = ProgressNotificationParam::new(token.clone(), done as f64)
+                    .with_message(message);
+                if let Some(total) = total {
+                    param = param.with_total(total as f64);
+                }
+                if peer.notify_progress(param).await.is_err() {
+                    break;
+                }
+            }
+        });
+        ProgressRelay {
+            progress: Progress::new(move |done, total, message| {
+                let _ = sender.send((done, total, message));
+            }),
+            forwarder: Some(forwarder),
+        }
+    }
+
+    async fn finish(self) {
+        drop(self.progress);
+        if let Some(forwarder) = self.forwarder {
+            let _ = forwarder.await;
+        }
+    }
 }
 
 #[tool_router]
@@ -150,7 +197,9 @@ Omitted sources: every enabled source; `outcomes` says how each fared.",
     async fn discover_peers(
         &self,
         Parameters(args): Parameters<DiscoverPeersArgs>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
+        let relay = ProgressRelay::new(&context);
         let result = self
             .coordinator
             .discover(
@@ -158,9 +207,11 @@ Omitted sources: every enabled source; `outcomes` says how each fared.",
                 args.max_peers,
                 args.include_expired,
                 args.sources.as_deref(),
+                &relay.progress,
             )
-            .await
-            .map_err(tool_error)?;
+            .await;
+        relay.finish().await;
+        let result = result.map_err(tool_error)?;
         let filter = if args.capability_filter.is_empty() {
             String::new()
         } else {
@@ -270,12 +321,15 @@ the peer ids removed. Omitted sources: every enabled source.",
     async fn cleanup_expired_peers(
         &self,
         Parameters(args): Parameters<CleanupExpiredPeersArgs>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
+        let relay = ProgressRelay::new(&context);
         let result = self
             .coordinator
-            .cleanup(args.dry_run, args.sources.as_deref())
-            .await
-            .map_err(tool_error)?;
+            .cleanup(args.dry_run, args.sources.as_deref(), &relay.progress)
+            .await;
+        relay.finish().await;
+        let result = result.map_err(tool_error)?;
         let summary = format!(
             "{} {} expired peers ({})",
             if result.dry_run {

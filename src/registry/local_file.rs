@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Listing, PeerRegistry, RegistryError, SourceName, Stored};
+use super::{Listing, PeerRegistry, Progress, RegistryError, SourceName, Stored};
 use crate::peer::{Heartbeat, JsonObject, PeerFilter, PeerRecord};
 
 /// The registry file on disk, as a cheap cloneable handle.
@@ -458,7 +458,11 @@ impl PeerRegistry for LocalFileRegistry {
         .await
     }
 
-    async fn list(&self, filter: &PeerFilter) -> Result<Listing, RegistryError> {
+    async fn list(
+        &self,
+        filter: &PeerFilter,
+        _progress: &Progress,
+    ) -> Result<Listing, RegistryError> {
         let filter = filter.clone();
         self.blocking(move |inner| {
             let file = inner.read()?;
@@ -489,7 +493,12 @@ impl PeerRegistry for LocalFileRegistry {
         .await
     }
 
-    async fn cleanup(&self, now: f64, dry_run: bool) -> Result<Vec<String>, RegistryError> {
+    async fn cleanup(
+        &self,
+        now: f64,
+        dry_run: bool,
+        _progress: &Progress,
+    ) -> Result<Vec<String>, RegistryError> {
         self.blocking(move |inner| {
             let expired = |file: &RegistryFile| -> Vec<String> {
                 file.records()
@@ -546,6 +555,12 @@ mod tests {
 
     fn all(now: f64) -> PeerFilter {
         PeerFilter::new(&[], true, now).expect("valid")
+    }
+
+    impl LocalFileRegistry {
+        async fn list_all(&self, filter: &PeerFilter) -> Result<Listing, RegistryError> {
+            self.list(filter, &Progress::default()).await
+        }
     }
 
     fn read_json(path: &Path) -> Value {
@@ -613,7 +628,7 @@ mod tests {
         )
         .expect("seed");
         let reg = LocalFileRegistry::open(&path).expect("open");
-        let listing = reg.list(&all(10.0)).await.expect("list");
+        let listing = reg.list_all(&all(10.0)).await.expect("list");
         assert_eq!(listing.peers.len(), 1);
         assert_eq!(listing.rejected, 1);
 
@@ -648,14 +663,26 @@ mod tests {
             fs::read(aside[0].path()).expect("aside"),
             b"{\"peers\": {\"a\": tru"
         );
-        assert!(reg.list(&all(0.0)).await.expect("list").peers.is_empty());
+        assert!(
+            reg.list_all(&all(0.0))
+                .await
+                .expect("list")
+                .peers
+                .is_empty()
+        );
 
         // Corrupted again while running: the next read keeps that one aside too.
         reg.register(record("b", &[], 60, 1.0))
             .await
             .expect("register");
         fs::write(&path, b"garbage").expect("corrupt");
-        assert!(reg.list(&all(2.0)).await.expect("list").peers.is_empty());
+        assert!(
+            reg.list_all(&all(2.0))
+                .await
+                .expect("list")
+                .peers
+                .is_empty()
+        );
         assert_eq!(reg.take_notices().len(), 1);
     }
 
@@ -684,14 +711,26 @@ mod tests {
         reg.register(record("long", &[], 1000, 0.0))
             .await
             .expect("register");
-        assert_eq!(reg.cleanup(20.0, true).await.expect("dry"), vec!["short"]);
-        assert_eq!(reg.list(&all(20.0)).await.expect("list").peers.len(), 2);
         assert_eq!(
-            reg.cleanup(20.0, false).await.expect("cleanup"),
+            reg.cleanup(20.0, true, &Progress::default())
+                .await
+                .expect("dry"),
             vec!["short"]
         );
-        assert_eq!(reg.list(&all(20.0)).await.expect("list").peers.len(), 1);
-        assert!(reg.cleanup(20.0, false).await.expect("again").is_empty());
+        assert_eq!(reg.list_all(&all(20.0)).await.expect("list").peers.len(), 2);
+        assert_eq!(
+            reg.cleanup(20.0, false, &Progress::default())
+                .await
+                .expect("cleanup"),
+            vec!["short"]
+        );
+        assert_eq!(reg.list_all(&all(20.0)).await.expect("list").peers.len(), 1);
+        assert!(
+            reg.cleanup(20.0, false, &Progress::default())
+                .await
+                .expect("again")
+                .is_empty()
+        );
     }
 
     /// Update of a peer the file does not hold reports None and writes nothing.
@@ -734,7 +773,10 @@ mod tests {
         let json = read_json(&path);
         assert_eq!(json["peers"].as_object().expect("peers").len(), 400);
         let fresh = LocalFileRegistry::open(&path).expect("open");
-        assert_eq!(fresh.list(&all(2.0)).await.expect("list").peers.len(), 400);
+        assert_eq!(
+            fresh.list_all(&all(2.0)).await.expect("list").peers.len(),
+            400
+        );
     }
 
     /// A change written by another handle is seen by the next read (the cache is checked
@@ -745,10 +787,10 @@ mod tests {
         let path = dir.path().join("r.json");
         let a = LocalFileRegistry::open(&path).expect("open");
         let b = LocalFileRegistry::open(&path).expect("open");
-        assert!(a.list(&all(1.0)).await.expect("list").peers.is_empty());
+        assert!(a.list_all(&all(1.0)).await.expect("list").peers.is_empty());
         b.register(record("x", &[], 60, 1.0))
             .await
             .expect("register");
-        assert_eq!(a.list(&all(1.0)).await.expect("list").peers.len(), 1);
+        assert_eq!(a.list_all(&all(1.0)).await.expect("list").peers.len(), 1);
     }
 }

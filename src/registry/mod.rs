@@ -5,9 +5,11 @@
 //! live in [`crate::coordinator`]. A registry calls those rules inside its own atomic
 //! section, so that two writers never lose each other's changes.
 
+pub mod github;
 pub mod local_file;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
 
+pub use github::GitHubIssuesRegistry;
 pub use local_file::LocalFileRegistry;
 
 /// The name of a source, as tools accept and report it: `local_file` (the JSON file on
@@ -70,6 +73,31 @@ pub struct Listing {
     pub rejected: usize,
 }
 
+/// Where a source reports progress of long work (many pages, many closes). Cheap to
+/// clone; the default reports nowhere.
+#[derive(Clone, Default)]
+pub struct Progress {
+    sink: Option<Arc<ProgressSink>>,
+}
+
+/// Receives (steps done, total steps when known, a message).
+type ProgressSink = dyn Fn(u64, Option<u64>, String) + Send + Sync;
+
+impl Progress {
+    pub fn new(sink: impl Fn(u64, Option<u64>, String) + Send + Sync + 'static) -> Self {
+        Progress {
+            sink: Some(Arc::new(sink)),
+        }
+    }
+
+    /// `done` steps so far, of `total` when known.
+    pub fn report(&self, done: u64, total: Option<u64>, message: String) {
+        if let Some(sink) = &self.sink {
+            sink(done, total, message);
+        }
+    }
+}
+
 /// Why a source could not serve a call. Messages name the source's resource and never
 /// contain a secret.
 #[derive(Debug, thiserror::Error)]
@@ -120,15 +148,30 @@ pub trait PeerRegistry: Send + Sync {
         now: f64,
     ) -> Result<Option<Stored>, RegistryError>;
 
-    /// Every valid record that matches `filter`, in no particular order.
-    async fn list(&self, filter: &PeerFilter) -> Result<Listing, RegistryError>;
+    /// Every valid record that matches `filter`, in no particular order, one per peer.
+    async fn list(
+        &self,
+        filter: &PeerFilter,
+        progress: &Progress,
+    ) -> Result<Listing, RegistryError>;
 
     /// Removes the peer. `Ok(false)` when this source held no copy of it.
     async fn unregister(&self, peer_id: &str) -> Result<bool, RegistryError>;
 
     /// Removes every record expired at `now`, or with `dry_run` only says which would go.
     /// Returns the removed peer ids.
-    async fn cleanup(&self, now: f64, dry_run: bool) -> Result<Vec<String>, RegistryError>;
+    async fn cleanup(
+        &self,
+        now: f64,
+        dry_run: bool,
+        progress: &Progress,
+    ) -> Result<Vec<String>, RegistryError>;
+
+    /// Drops records expired at `now` from any in-memory cache the source keeps, and says
+    /// how many went.
+    fn evict_expired_cache(&self, _now: f64) -> usize {
+        0
+    }
 
     /// Things the caller should hear about that happened since the last call (for example
     /// a corrupt file kept aside). Each notice is returned once.
