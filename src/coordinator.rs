@@ -467,7 +467,8 @@ impl Coordinator {
             return Err(CallError::NoSource(outcomes.describe()));
         }
         let created = stored.iter().all(|(_, s)| s.created);
-        let holders: Vec<SourceName> = stored.iter().map(|(n, _)| *n).collect();
+        let mut holders: Vec<SourceName> = stored.iter().map(|(n, _)| *n).collect();
+        holders.sort_unstable();
         // Sources may disagree on first_seen (one saw the peer earlier): report the earliest.
         let record = stored
             .into_iter()
@@ -623,7 +624,8 @@ impl Coordinator {
             }
         }
         self.attach_notices(&sources, &mut outcomes);
-        let holders = held.iter().map(|(n, _)| *n).collect();
+        let mut holders: Vec<SourceName> = held.iter().map(|(n, _)| *n).collect();
+        holders.sort_unstable();
         Ok(UpdateResult {
             peer: PeerView::new(newest, holders, now),
             outcomes,

@@ -312,9 +312,9 @@ impl GitHubIssuesRegistry {
                 RegistryError::Remote(format!("bad GitHub API URL `{}`: {e}", settings.api_url))
             })?
             .add_retry_config(RetryConfig::None)
+            // The whole exchange runs under `request_timeout` in `send`, which reports it as
+            // a timeout; octocrab's own read timeout would surface as an opaque service error.
             .set_connect_timeout(Some(settings.request_timeout))
-            .set_read_timeout(Some(settings.request_timeout))
-            .set_write_timeout(Some(settings.request_timeout))
             .build()
             .map_err(|e| RegistryError::Remote(format!("cannot build the GitHub client: {e}")))?;
         let issues_path = format!(

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: start the real binary, call its tools.
 #![allow(dead_code)]
 
+pub mod fake_github;
+
 use std::path::Path;
 use std::process::Stdio;
 
@@ -111,4 +113,86 @@ pub fn ids(discover: &Value) -> Vec<String> {
 /// The registry file as JSON.
 pub fn read_registry(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).expect("registry file")).expect("registry JSON")
+}
+
+/// Starts the server on `registry` with the GitHub source pointed at `fake`.
+pub async fn start_with_github(
+    registry: &Path,
+    fake: &fake_github::FakeGitHub,
+    extra_args: &[&str],
+) -> Client {
+    start_command(github_command(registry, fake, extra_args)).await
+}
+
+/// The command of [`start_with_github`], for tests that need to change it further.
+pub fn github_command(
+    registry: &Path,
+    fake: &fake_github::FakeGitHub,
+    extra_args: &[&str],
+) -> Command {
+    let mut cmd = command();
+    cmd.arg("--registry-path")
+        .arg(registry)
+        .arg("--github-repo")
+        .arg(format!("{}/{}", fake_github::OWNER, fake_github::REPO))
+        .arg("--github-api-url")
+        .arg(fake.base_url())
+        .args(extra_args)
+        .env("GITHUB_TOKEN", fake_github::TOKEN);
+    cmd
+}
+
+/// A peer record as JSON, as another machine would write it in an issue body.
+pub fn record_json(peer_id: &str, capabilities: &[&str], last_seen: f64, ttl: u64) -> Value {
+    serde_json::json!({
+        "peer_id": peer_id,
+        "multiaddr": "/ip4/198.51.100.4/tcp/4001",
+        "capabilities": capabilities,
+        "first_seen": last_seen,
+        "last_seen": last_seen,
+        "source": "github",
+        "ttl_seconds": ttl,
+        "metadata": {}
+    })
+}
+
+/// Seeds an open, labelled peer issue as another machine's server would have made it.
+pub fn seed_peer(
+    fake: &fake_github::FakeGitHub,
+    peer_id: &str,
+    capabilities: &[&str],
+    last_seen: f64,
+    ttl: u64,
+) -> u64 {
+    let mut labels = vec!["peer-registry".to_owned(), "peer-active".to_owned()];
+    labels.extend(capabilities.iter().map(|c| format!("capability-{c}")));
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let body = serde_json::to_string_pretty(&record_json(peer_id, capabilities, last_seen, ttl))
+        .expect("json");
+    fake.seed_issue(fake_github::SeedIssue::new(
+        &format!("Peer: {peer_id}"),
+        &body,
+        &labels,
+    ))
+}
+
+/// Unix seconds now.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The open issues (not pull requests) whose title names `peer_id`.
+pub fn open_issues_for(
+    fake: &fake_github::FakeGitHub,
+    peer_id: &str,
+) -> Vec<fake_github::IssueSnapshot> {
+    fake.issues()
+        .into_iter()
+        .filter(|i| {
+            !i.is_pull_request && i.state == "open" && i.title == format!("Peer: {peer_id}")
+        })
+        .collect()
 }
