@@ -172,7 +172,7 @@ struct Answer {
 #[derive(Clone)]
 struct CachedPage {
     etag: String,
-    issues: Arc<Vec<RemoteIssue>>,
+    body: Arc<Vec<u8>>,
     next: Option<String>,
 }
 
@@ -510,57 +510,59 @@ impl GitHubIssuesRegistry {
         }))
     }
 
-    /// Every open issue carrying all of `labels`, page by page (100 a page, following
-    /// `Link`), each page conditional on its ETag.
+    /// GET `uri`, conditional on the ETag of the last answer for it: a 304 (which costs no
+    /// quota) returns the remembered body. Returns the body and the `Link` next page.
+    async fn get_cached(&self, uri: &str) -> Result<CachedPage, RegistryError> {
+        let cached = lock(&self.pages).get(uri).cloned();
+        let answer = self
+            .send(
+                http::Method::GET,
+                uri,
+                None,
+                cached.as_ref().map(|c| c.etag.as_str()),
+            )
+            .await?;
+        if let (StatusCode::NOT_MODIFIED, Some(cached)) = (answer.status, cached) {
+            return Ok(cached);
+        }
+        let page = CachedPage {
+            etag: header_str(&answer.headers, "etag")
+                .unwrap_or_default()
+                .to_owned(),
+            next: next_link(&answer.headers),
+            body: Arc::new(answer.body),
+        };
+        if !page.etag.is_empty() {
+            let mut cache = lock(&self.pages);
+            if cache.len() >= MAX_CACHED_PAGES {
+                cache.clear();
+            }
+            cache.insert(uri.to_owned(), page.clone());
+        }
+        Ok(page)
+    }
+
+    /// Every open issue carrying all of `labels`, oldest first, 100 a page, following
+    /// `Link`, each page conditional on its ETag. Oldest first keeps pages stable: a new
+    /// issue changes only the last page, an edit only its own page.
     async fn fetch_issues(
         &self,
         labels: &[String],
         progress: &Progress,
     ) -> Result<Vec<RemoteIssue>, RegistryError> {
         let mut uri = Some(format!(
-            "{}?state=open&labels={}&per_page=100",
+            "{}?state=open&labels={}&sort=created&direction=asc&per_page=100",
             self.issues_path,
             percent_encode_labels(labels)
         ));
         let mut issues = Vec::new();
         let mut pages = 0u64;
         while let Some(current) = uri.take() {
-            let cached = lock(&self.pages).get(&current).cloned();
-            let answer = self
-                .send(
-                    http::Method::GET,
-                    &current,
-                    None,
-                    cached.as_ref().map(|c| c.etag.as_str()),
-                )
-                .await?;
-            let page = match (answer.status, cached) {
-                (StatusCode::NOT_MODIFIED, Some(cached)) => cached,
-                _ => {
-                    let parsed: Vec<RemoteIssue> =
-                        serde_json::from_slice(&answer.body).map_err(|e| {
-                            RegistryError::Remote(format!(
-                                "GitHub's issue listing did not parse: {e}"
-                            ))
-                        })?;
-                    let page = CachedPage {
-                        etag: header_str(&answer.headers, "etag")
-                            .unwrap_or_default()
-                            .to_owned(),
-                        issues: Arc::new(parsed),
-                        next: next_link(&answer.headers),
-                    };
-                    if !page.etag.is_empty() {
-                        let mut cache = lock(&self.pages);
-                        if cache.len() >= MAX_CACHED_PAGES {
-                            cache.clear();
-                        }
-                        cache.insert(current.clone(), page.clone());
-                    }
-                    page
-                }
-            };
-            issues.extend(page.issues.iter().cloned());
+            let page = self.get_cached(&current).await?;
+            let parsed: Vec<RemoteIssue> = serde_json::from_slice(&page.body).map_err(|e| {
+                RegistryError::Remote(format!("GitHub's issue listing did not parse: {e}"))
+            })?;
+            issues.extend(parsed);
             pages += 1;
             progress.report(
                 pages,
@@ -570,6 +572,18 @@ impl GitHubIssuesRegistry {
             uri = page.next;
         }
         Ok(issues)
+    }
+
+    /// The newest open peer issues (one page): where a create that raced with ours is.
+    async fn newest_issues(&self) -> Result<Vec<RemoteIssue>, RegistryError> {
+        let uri = format!(
+            "{}?state=open&labels={LABEL_REGISTRY}&sort=created&direction=desc&per_page=100",
+            self.issues_path
+        );
+        let page = self.get_cached(&uri).await?;
+        serde_json::from_slice(&page.body).map_err(|e| {
+            RegistryError::Remote(format!("GitHub's issue listing did not parse: {e}"))
+        })
     }
 
     /// Checks one issue against the trust rules and parses its record.
@@ -678,12 +692,7 @@ impl GitHubIssuesRegistry {
         let known = lock(&self.issue_numbers).get(peer_id).copied();
         if let Some(number) = known {
             let answer = self
-                .send(
-                    http::Method::GET,
-                    &format!("{}/{number}", self.issues_path),
-                    None,
-                    None,
-                )
+                .get_cached(&format!("{}/{number}", self.issues_path))
                 .await;
             match answer {
                 Ok(answer) => {
@@ -789,8 +798,8 @@ impl GitHubIssuesRegistry {
             Err(e @ (RegistryError::Timeout(_) | RegistryError::Remote(_))) => {
                 // The create may have landed before the failure: look before reporting it,
                 // never create blindly again.
-                let landed = match self.full_listing(&Progress::default()).await {
-                    Ok((issues, _)) => self.lowest_open_issue(&issues, &record.peer_id),
+                let landed = match self.newest_issues().await {
+                    Ok(newest) => self.lowest_open_issue(&newest, &record.peer_id),
                     Err(_) => None,
                 };
                 match landed {
@@ -800,9 +809,11 @@ impl GitHubIssuesRegistry {
             }
             Err(e) => return Err(e),
         };
-        let (issues, _) = self.full_listing(&Progress::default()).await?;
+        // A create that raced with ours happened moments ago: it is on the newest page.
+        let newest = self.newest_issues().await?;
         let canonical = self
-            .lowest_open_issue(&issues, &record.peer_id)
+            .lowest_open_issue(&newest, &record.peer_id)
+            .filter(|c| c.number < created.number)
             .unwrap_or_else(|| created.clone());
         if canonical.number < created.number {
             self.close_issue(&created, "duplicate").await?;
@@ -825,17 +836,8 @@ impl GitHubIssuesRegistry {
             issue_number: Some(created.number),
         })
     }
-}
-
-#[async_trait]
-impl PeerRegistry for GitHubIssuesRegistry {
-    fn name(&self) -> SourceName {
-        SOURCE
-    }
-
-    async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
-        let _serial = self.write_lock.lock().await;
-        self.forget_listing();
+    /// `register`, for a caller that holds the write lock.
+    async fn register_serialized(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
         let mut record = record;
         record.source = SOURCE.as_str().to_owned();
         match self.find_issue(&record.peer_id).await? {
@@ -855,6 +857,21 @@ impl PeerRegistry for GitHubIssuesRegistry {
             }
             None => self.create(&record).await,
         }
+    }
+}
+
+#[async_trait]
+impl PeerRegistry for GitHubIssuesRegistry {
+    fn name(&self) -> SourceName {
+        SOURCE
+    }
+
+    async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
+        let _serial = self.write_lock.lock().await;
+        let result = self.register_serialized(record).await;
+        // Any write (or a failed one that may have landed) makes the listing stale.
+        self.forget_listing();
+        result
     }
 
     async fn update(
@@ -884,8 +901,9 @@ impl PeerRegistry for GitHubIssuesRegistry {
             }));
         }
         let updated = heartbeat.apply(&existing, now);
+        let written = self.write_over(&issue, &updated).await;
         self.forget_listing();
-        self.write_over(&issue, &updated).await?;
+        written?;
         Ok(Some(Stored {
             record: updated,
             created: false,
@@ -939,8 +957,9 @@ impl PeerRegistry for GitHubIssuesRegistry {
         let Some(issue) = self.find_issue(peer_id).await? else {
             return Ok(false);
         };
+        let closed = self.close_issue(&issue, "not_planned").await;
         self.forget_listing();
-        self.close_issue(&issue, "not_planned").await?;
+        closed?;
         lock(&self.issue_numbers).remove(peer_id);
         Ok(true)
     }
@@ -963,7 +982,6 @@ impl PeerRegistry for GitHubIssuesRegistry {
         if dry_run || expired.is_empty() {
             return Ok(expired.into_iter().map(|(_, id)| id).collect());
         }
-        self.forget_listing();
         let total = expired.len() as u64;
         let mut removed = Vec::new();
         for (done, (number, peer_id)) in expired.into_iter().enumerate() {
@@ -972,6 +990,7 @@ impl PeerRegistry for GitHubIssuesRegistry {
             };
             if let Err(e) = self.close_issue(issue, "not_planned").await {
                 if removed.is_empty() {
+                    self.forget_listing();
                     return Err(e);
                 }
                 self.notice(format!(
@@ -988,6 +1007,7 @@ impl PeerRegistry for GitHubIssuesRegistry {
                 format!("closed {} of {total} expired GitHub issues", done + 1),
             );
         }
+        self.forget_listing();
         Ok(removed)
     }
 

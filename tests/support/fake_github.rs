@@ -78,6 +78,13 @@ pub struct SeedIssue {
     pub open: bool,
 }
 
+impl Default for SeedIssue {
+    /// An open issue by [`LOGIN`] with an empty title, body and no labels.
+    fn default() -> SeedIssue {
+        SeedIssue::new("", "", &[])
+    }
+}
+
 impl SeedIssue {
     /// An open issue by [`LOGIN`].
     pub fn new(title: &str, body: &str, labels: &[&str]) -> SeedIssue {
