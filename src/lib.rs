@@ -12,6 +12,7 @@
 //!   and cleans up expired peers in the background.
 //! - [`mcp`]: the rmcp server; one tool per function, each a thin translation to the
 //!   coordinator, with schemas cleaned for strict clients ([`mcp::schema`]).
+//! - [`transport`]: a guard in front of rmcp on stdin/stdout: bounded lines, parse errors.
 //! - [`config`]: the command line (clap; every flag has an environment variable).
 //! - `main.rs`: parses the command line, sets up logging on stderr, calls [`run`].
 //!
@@ -24,13 +25,14 @@ pub mod coordinator;
 pub mod mcp;
 pub mod peer;
 pub mod registry;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rmcp::ServiceExt;
 use rmcp::service::QuitReason;
-use rmcp::transport::IntoTransport;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Options;
 use crate::coordinator::{Coordinator, CoordinatorConfig, EnabledSource, system_clock};
@@ -118,34 +120,46 @@ pub fn build_coordinator(
     )))
 }
 
-/// Serves MCP over `transport` until the client closes it or `shutdown` resolves, with
-/// background cleanup running meanwhile.
-pub async fn run<T, E, A>(
+/// Serves MCP on `input`/`output` (stdin/stdout) until the input closes or `shutdown`
+/// resolves, with background cleanup running meanwhile. Returns once every answer has
+/// been written.
+pub async fn run<R, W>(
     coordinator: Arc<Coordinator>,
-    transport: T,
+    input: R,
+    output: W,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<QuitReason, StartError>
 where
-    T: IntoTransport<rmcp::RoleServer, E, A>,
-    E: std::error::Error + Send + Sync + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     let cleanup = coordinator.spawn_background_cleanup();
+    let guarded = transport::guard(input, output, transport::MAX_LINE_BYTES);
     let server = mcp::PeerDiscoveryServer::new(Arc::clone(&coordinator));
-    let running = server
-        .serve(transport)
-        .await
-        .map_err(|e| StartError::Serve(e.to_string()))?;
-    let stop = running.cancellation_token();
-    let quit = tokio::select! {
-        reason = running.waiting() => reason.map_err(|e| StartError::Serve(e.to_string()))?,
-        () = shutdown => {
-            tracing::info!("shutdown requested; finishing in-flight calls");
-            stop.cancel();
-            QuitReason::Cancelled
+    let served = async {
+        let running = server
+            .serve(guarded.transport)
+            .await
+            .map_err(|e| StartError::Serve(e.to_string()))?;
+        let stop = running.cancellation_token();
+        let waiting = running.waiting();
+        tokio::pin!(waiting);
+        tokio::select! {
+            reason = &mut waiting => reason.map_err(|e| StartError::Serve(e.to_string())),
+            () = shutdown => {
+                tracing::info!("shutdown requested; finishing in-flight calls");
+                stop.cancel();
+                let _ = waiting.await;
+                Ok(QuitReason::Cancelled)
+            }
         }
     };
+    let quit = served.await;
     if let Some(task) = cleanup {
         task.abort();
     }
-    Ok(quit)
+    // Stop reading (stdin may still be open after a signal), then let every answer out.
+    guarded.inbound.abort();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), guarded.outbound).await;
+    quit
 }

@@ -63,7 +63,8 @@ fn main() -> ExitCode {
     };
 
     let outcome = runtime.block_on(async {
-        peer_discovery_mcp::run(coordinator, rmcp::transport::stdio_pipes(), terminated()).await
+        let (stdin, stdout) = rmcp::transport::stdio_pipes();
+        peer_discovery_mcp::run(coordinator, stdin, stdout, terminated()).await
     });
     // A blocking stdin read cannot be cancelled: do not wait for it, but give in-flight
     // file writes (on the blocking pool) time to finish.

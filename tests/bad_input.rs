@@ -3,14 +3,12 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rmcp::ServiceError;
 use rmcp::model::{CallToolRequestParams, ErrorCode};
 use serde_json::{Value, json};
 use support::{call, err, ok};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const LIBP2P_ID: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
 
@@ -221,55 +219,35 @@ async fn bad_arguments_are_tool_errors_and_change_nothing() {
     client.cancel().await.expect("shutdown");
 }
 
-/// Garbage on stdin (non-JSON, JSON that is not JSON-RPC, a batch) never kills the
-/// server, and everything it writes to stdout is JSON.
+/// Garbage on stdin never kills the server: a line that is not JSON gets a parse error
+/// (-32700, id null), JSON that is not JSON-RPC and batches get -32600, and everything
+/// on stdout is JSON.
 #[tokio::test]
-async fn garbage_lines_do_not_kill_the_server() {
+async fn garbage_lines_get_protocol_errors_and_do_not_kill_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = support::command()
-        .arg("--registry-path")
-        .arg(dir.path().join("r.json"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let lines = [
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
-        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    let path = dir.path().join("r.json");
+    let mut raw = support::RawSession::start(&["--registry-path".as_ref(), path.as_os_str()]).await;
+    let mut codes = Vec::new();
+    for line in [
         "this is not json",
         "{\"unterminated\": ",
+        "\u{0}\u{1}\u{7f}",
         r#"{"foo": 1}"#,
         r#"[{"jsonrpc":"2.0","id":7,"method":"tools/list"}]"#,
-        "\u{0}\u{1}\u{7f}",
-        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"discover_peers","arguments":{}}}"#,
-    ];
-    for line in lines {
-        stdin.write_all(line.as_bytes()).await.expect("write");
-        stdin.write_all(b"\n").await.expect("write");
+    ] {
+        raw.send_line(line).await;
+        let answer = raw.next().await.expect("an answer");
+        assert_eq!(answer["id"], Value::Null, "{answer}");
+        codes.push(answer["error"]["code"].as_i64().expect("error code"));
     }
-    stdin.flush().await.expect("flush");
-
-    let answered = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = stdout.next_line().await.expect("read") {
-            let message: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-            if message["id"] == 2 {
-                return message;
-            }
-        }
-        panic!("the server closed stdout before answering");
-    })
-    .await
-    .expect("the server answers after garbage");
+    assert_eq!(codes, [-32700, -32700, -32700, -32600, -32600]);
+    raw.call(2, "discover_peers", json!({})).await;
+    let answered = raw.expect_id(&json!(2)).await;
     assert_eq!(answered["result"]["isError"], false);
     assert_eq!(answered["result"]["structuredContent"]["total_matched"], 0);
 
-    drop(stdin);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    raw.close_stdin();
+    let status = tokio::time::timeout(Duration::from_secs(10), raw.child.wait())
         .await
         .expect("exits when stdin closes")
         .expect("status");

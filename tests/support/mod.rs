@@ -196,3 +196,86 @@ pub fn open_issues_for(
         })
         .collect()
 }
+
+/// A server driven with raw JSON-RPC lines, for tests that need to send what no real
+/// client would, or kill the process at a chosen moment.
+pub struct RawSession {
+    pub child: tokio::process::Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RawSession {
+    /// Starts the server with `args` and completes the MCP handshake.
+    pub async fn start(args: &[&std::ffi::OsStr]) -> RawSession {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn server");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut session = RawSession {
+            child,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        };
+        session
+            .send_line(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#)
+            .await;
+        session.expect_id(&serde_json::json!(0)).await;
+        session
+            .send_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        session
+    }
+
+    pub async fn send_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to server");
+        stdin.write_all(b"\n").await.expect("write to server");
+        stdin.flush().await.expect("flush");
+    }
+
+    /// Sends a tools/call with `id`.
+    pub async fn call(&mut self, id: u64, tool: &str, arguments: Value) {
+        let line = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}});
+        self.send_line(&line.to_string()).await;
+    }
+
+    /// The next message from the server; every stdout line must be JSON.
+    pub async fn next(&mut self) -> Option<Value> {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("the server answers within 20 s")
+            .expect("read stdout")?;
+        Some(
+            serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}")),
+        )
+    }
+
+    /// Reads messages until the one with `id` (others are dropped).
+    pub async fn expect_id(&mut self, id: &Value) -> Value {
+        loop {
+            let message = self.next().await.expect("the server closed stdout");
+            if message.get("id") == Some(id) {
+                return message;
+            }
+        }
+    }
+
+    /// Closes stdin, as a client does when it is done.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+}
