@@ -3,8 +3,9 @@
 //!
 //! rmcp ignores a line that is not JSON (the client then waits forever) and buffers a
 //! line of any length up to 16 MiB. Here:
-//! - a line that is not JSON gets JSON-RPC `-32700 Parse error` (id null, as JSON-RPC 2.0
-//!   says when the id cannot be read);
+//! - a line that is not JSON (or that rmcp's parser would refuse: numbers out of range,
+//!   nesting deeper than [`MAX_DEPTH`]) gets a JSON-RPC error (`-32700 Parse error`,
+//!   `-32600`) carrying the request's id when it can be read, else id null;
 //! - a line longer than the cap gets `-32600` naming the limit, with the request's id when
 //!   it can be read from the start of the line, and is discarded as it streams in, so no
 //!   input makes the server hold more than the cap in memory;
@@ -19,6 +20,10 @@ use tokio::task::JoinHandle;
 
 /// Longest request line accepted: ample for any valid call (metadata stops at 4 KiB).
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Deepest nesting accepted. rmcp's parser stops at 128 levels and then drops the line
+/// without an answer; this answers first.
+pub const MAX_DEPTH: usize = 100;
 
 /// Size of the in-memory pipe between the guard and rmcp.
 const PIPE_BYTES: usize = 4 * 1024 * 1024;
@@ -76,13 +81,23 @@ where
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&line) {
+                    // Depth first: rmcp's parser would stop at 128 levels and drop the
+                    // line silently, and the id can still be read to answer it.
+                    if nesting_exceeds(&line, MAX_DEPTH) {
+                        tracing::warn!("refused a request nested too deeply");
+                        let id = top_level_id(&line).unwrap_or(Value::Null);
+                        let message = format!(
+                            "Invalid Request: JSON nested more than {MAX_DEPTH} levels deep"
+                        );
+                        let _ = lines.send(error_line(id, -32600, &message));
+                        continue;
+                    }
+                    // Parsed as rmcp will parse it, so whatever rmcp would drop without an
+                    // answer (bad syntax, numbers out of range) is answered here.
+                    if let Err(e) = serde_json::from_slice::<Value>(&line) {
                         tracing::warn!(error = %e, "answered a line that is not JSON with a parse error");
-                        let _ = lines.send(error_line(
-                            Value::Null,
-                            -32700,
-                            &format!("Parse error: {e}"),
-                        ));
+                        let id = top_level_id(&line).unwrap_or(Value::Null);
+                        let _ = lines.send(error_line(id, -32700, &format!("Parse error: {e}")));
                         continue;
                     }
                     let mut line = line;
@@ -200,6 +215,30 @@ fn top_level_id(head: &[u8]) -> Option<Value> {
     None
 }
 
+/// Whether `json` (valid JSON) nests arrays and objects more than `limit` levels deep.
+fn nesting_exceeds(json: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    while i < json.len() {
+        match json[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => match string_end(json, i) {
+                Some(end) => i = end,
+                None => return false,
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Index of the quote that closes the string opening at `start`.
 fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
@@ -235,6 +274,13 @@ mod tests {
             Some(json!(9))
         );
         assert_eq!(top_level_id(b"garbage"), None);
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert!(!nesting_exceeds(br#"{"a":[[1]]}"#, 3));
+        assert!(nesting_exceeds(br#"{"a":[[[1]]]}"#, 3));
+        assert!(!nesting_exceeds(br#"{"a":"[[[[[[["}"#, 3));
     }
 
     async fn exchange(input: &'static [u8], max: usize) -> Vec<Value> {
