@@ -498,8 +498,12 @@ impl Coordinator {
             )));
         }
         let now = self.now();
-        let filter = PeerFilter::new(capability_filter, include_expired, now)?;
+        let mut filter = PeerFilter::new(capability_filter, include_expired, now)?;
         let (sources, mut outcomes) = self.select(asked)?;
+        if sources.len() == 1 {
+            // Nothing to merge with: the source itself keeps only the best max_peers.
+            filter.limit = Some(max_peers as usize);
+        }
         let results = self
             .fan_out(&sources, |s| {
                 let filter = filter.clone();
@@ -511,12 +515,12 @@ impl Coordinator {
         for (name, result) in results {
             match result {
                 Ok(listing) => {
-                    let mut outcome = SourceOutcome::ok(listing.peers.len());
+                    let mut outcome = SourceOutcome::ok(listing.matched);
                     if listing.rejected > 0 {
                         outcome.rejected = Some(listing.rejected as u64);
                     }
                     outcomes.set(name, outcome);
-                    listings.push((name, listing.peers));
+                    listings.push((name, listing.peers, listing.matched));
                 }
                 Err(e) => outcomes.set(name, SourceOutcome::failed(&e)),
             }
@@ -525,8 +529,17 @@ impl Coordinator {
         if listings.is_empty() {
             return Err(CallError::NoSource(outcomes.describe()));
         }
-        let mut ranked = merge(listings);
-        let total_matched = ranked.len() as u64;
+        let single_source_matched = match listings.as_slice() {
+            [(_, _, matched)] => Some(*matched as u64),
+            _ => None,
+        };
+        let mut ranked = merge(
+            listings
+                .into_iter()
+                .map(|(name, peers, _)| (name, peers))
+                .collect(),
+        );
+        let total_matched = single_source_matched.unwrap_or(ranked.len() as u64);
         ranked.truncate(max_peers as usize);
         Ok(DiscoverResult {
             peers: ranked
@@ -794,11 +807,7 @@ fn merge(listings: Vec<(SourceName, Vec<PeerRecord>)>) -> Vec<(PeerRecord, Vec<S
         }
     }
     let mut ranked: Vec<_> = by_id.into_values().collect();
-    ranked.sort_by(|(a, _), (b, _)| {
-        b.last_seen
-            .total_cmp(&a.last_seen)
-            .then_with(|| a.peer_id.cmp(&b.peer_id))
-    });
+    ranked.sort_by(|(a, _), (b, _)| crate::peer::rank_order(a, b));
     for (_, holders) in &mut ranked {
         holders.sort_unstable();
     }

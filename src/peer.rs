@@ -324,6 +324,9 @@ pub struct PeerFilter {
     /// Keep records whose lease has ended.
     pub include_expired: bool,
     pub now: f64,
+    /// Only the best `limit` records by [`rank_order`] are wanted (the rest are counted).
+    /// Set when one source answers alone, so it can skip copying the others.
+    pub limit: Option<usize>,
 }
 
 impl PeerFilter {
@@ -337,6 +340,7 @@ impl PeerFilter {
             capabilities: normalize_capabilities(capabilities)?,
             include_expired,
             now,
+            limit: None,
         })
     }
 
@@ -344,6 +348,33 @@ impl PeerFilter {
         (self.include_expired || !record.is_expired(self.now))
             && record.has_capabilities(&self.capabilities)
     }
+}
+
+/// How discover ranks peers: newest `last_seen` first, ties by `peer_id`.
+pub fn rank_order(a: &PeerRecord, b: &PeerRecord) -> std::cmp::Ordering {
+    b.last_seen
+        .total_cmp(&a.last_seen)
+        .then_with(|| a.peer_id.cmp(&b.peer_id))
+}
+
+/// The best `limit` of `records` by [`rank_order`], ranked, copied; the rest are only
+/// looked at, never copied.
+pub fn top_ranked<'a>(
+    records: impl Iterator<Item = &'a PeerRecord>,
+    limit: Option<usize>,
+) -> Vec<PeerRecord> {
+    let mut refs: Vec<&PeerRecord> = records.collect();
+    if let Some(limit) = limit
+        && limit < refs.len()
+    {
+        if limit == 0 {
+            return Vec::new();
+        }
+        refs.select_nth_unstable_by(limit - 1, |a, b| rank_order(a, b));
+        refs.truncate(limit);
+    }
+    refs.sort_unstable_by(|a, b| rank_order(a, b));
+    refs.into_iter().cloned().collect()
 }
 
 pub fn validate_peer_id(peer_id: &str) -> Result<(), InvalidPeer> {
@@ -625,6 +656,20 @@ mod tests {
         assert_eq!(new.capabilities, vec!["compute"]);
         assert_eq!(new.ttl_seconds, 60);
         assert!(!Heartbeat::default().changes_fields_of(&old));
+    }
+
+    /// The top of the ranking is the same whether it is cut before or after sorting.
+    #[test]
+    fn top_ranked_keeps_the_best_in_order() {
+        let records: Vec<PeerRecord> = [("c", 5.0), ("a", 9.0), ("b", 9.0), ("d", 1.0), ("e", 7.0)]
+            .iter()
+            .map(|(id, t)| announce(id, "/ip4/127.0.0.1/tcp/1").expect("valid").into_record(*t))
+            .collect();
+        let ids = |v: Vec<PeerRecord>| v.into_iter().map(|r| r.peer_id).collect::<Vec<_>>();
+        assert_eq!(ids(top_ranked(records.iter(), None)), ["a", "b", "e", "c", "d"]);
+        assert_eq!(ids(top_ranked(records.iter(), Some(3))), ["a", "b", "e"]);
+        assert_eq!(ids(top_ranked(records.iter(), Some(10))).len(), 5);
+        assert!(top_ranked(records.iter(), Some(0)).is_empty());
     }
 
     /// A record in the Python module's shape round-trips with exactly its eight keys.

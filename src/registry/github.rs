@@ -942,12 +942,14 @@ impl PeerRegistry for GitHubIssuesRegistry {
                 .then(b.last_seen.total_cmp(&a.last_seen))
         });
         peers.dedup_by(|(_, later), (_, kept)| later.peer_id == kept.peer_id);
+        let matching: Vec<PeerRecord> = peers
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| filter.matches(r))
+            .collect();
         Ok(Listing {
-            peers: peers
-                .into_iter()
-                .map(|(_, r)| r)
-                .filter(|r| filter.matches(r))
-                .collect(),
+            matched: matching.len(),
+            peers: crate::peer::top_ranked(matching.iter(), filter.limit),
             rejected,
         })
     }

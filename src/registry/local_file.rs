@@ -466,13 +466,12 @@ impl PeerRegistry for LocalFileRegistry {
         let filter = filter.clone();
         self.blocking(move |inner| {
             let file = inner.read()?;
-            let peers = file
-                .records()
-                .filter(|r| filter.matches(r))
-                .cloned()
-                .collect();
+            let mut matched = 0usize;
+            let matching = file.records().filter(|r| filter.matches(r)).inspect(|_| matched += 1);
+            let peers = crate::peer::top_ranked(matching, filter.limit);
             Ok(Listing {
                 peers,
+                matched,
                 rejected: file.unusable_count(),
             })
         })

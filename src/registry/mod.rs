@@ -68,7 +68,10 @@ pub struct Stored {
 /// The records a source holds that match a filter.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Listing {
+    /// The matching records; only the best `filter.limit` of them when a limit was set.
     pub peers: Vec<PeerRecord>,
+    /// How many records matched in all (at least `peers.len()`).
+    pub matched: usize,
     /// Records found but skipped because they break a rule of the format.
     pub rejected: usize,
 }
@@ -148,7 +151,8 @@ pub trait PeerRegistry: Send + Sync {
         now: f64,
     ) -> Result<Option<Stored>, RegistryError>;
 
-    /// Every valid record that matches `filter`, in no particular order, one per peer.
+    /// The valid records that match `filter`, one per peer: all of them, or only the best
+    /// `filter.limit` by [`crate::peer::rank_order`] when a limit is set.
     async fn list(
         &self,
         filter: &PeerFilter,
