@@ -761,6 +761,14 @@ impl Coordinator {
         }
     }
 
+    /// Lets every source read ahead in the background, so the first call is fast.
+    pub fn spawn_warm_up(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            join_all(this.sources.iter().map(|s| s.registry.warm_up())).await;
+        });
+    }
+
     /// Runs cleanup on every source every `cleanup_interval` in the background, without
     /// blocking calls. Returns `None` when the interval is 0 (off).
     pub fn spawn_background_cleanup(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {

@@ -134,6 +134,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let cleanup = coordinator.spawn_background_cleanup();
+    coordinator.spawn_warm_up();
     let guarded = transport::guard(input, output, transport::MAX_LINE_BYTES);
     let server = mcp::PeerDiscoveryServer::new(Arc::clone(&coordinator));
     let served = async {

@@ -663,10 +663,17 @@ mod tests {
     fn top_ranked_keeps_the_best_in_order() {
         let records: Vec<PeerRecord> = [("c", 5.0), ("a", 9.0), ("b", 9.0), ("d", 1.0), ("e", 7.0)]
             .iter()
-            .map(|(id, t)| announce(id, "/ip4/127.0.0.1/tcp/1").expect("valid").into_record(*t))
+            .map(|(id, t)| {
+                announce(id, "/ip4/127.0.0.1/tcp/1")
+                    .expect("valid")
+                    .into_record(*t)
+            })
             .collect();
         let ids = |v: Vec<PeerRecord>| v.into_iter().map(|r| r.peer_id).collect::<Vec<_>>();
-        assert_eq!(ids(top_ranked(records.iter(), None)), ["a", "b", "e", "c", "d"]);
+        assert_eq!(
+            ids(top_ranked(records.iter(), None)),
+            ["a", "b", "e", "c", "d"]
+        );
         assert_eq!(ids(top_ranked(records.iter(), Some(3))), ["a", "b", "e"]);
         assert_eq!(ids(top_ranked(records.iter(), Some(10))).len(), 5);
         assert!(top_ranked(records.iter(), Some(0)).is_empty());

@@ -134,8 +134,9 @@ impl RegistryFile {
 
 impl LocalFileRegistry {
     /// Opens (creating folders as needed) the registry at `path`: takes the lock once to
-    /// prove the folder is writable, removes temp files a killed writer left, and loads the
-    /// file, keeping a corrupt one aside. Blocking; call before serving.
+    /// prove the folder is writable and removes temp files a killed writer left. The file
+    /// itself is read by the first call (or [`PeerRegistry::warm_up`]), so a large registry
+    /// does not delay the server's start. Blocking; call before serving.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, RegistryError> {
         let path = path.into();
         let file_name = path
@@ -161,7 +162,6 @@ impl LocalFileRegistry {
         {
             let _lock = inner.lock()?;
             inner.remove_stale_temp_files(&dir, &file_name);
-            inner.load_locked()?;
         }
         Ok(LocalFileRegistry {
             inner: Arc::new(inner),
@@ -467,7 +467,10 @@ impl PeerRegistry for LocalFileRegistry {
         self.blocking(move |inner| {
             let file = inner.read()?;
             let mut matched = 0usize;
-            let matching = file.records().filter(|r| filter.matches(r)).inspect(|_| matched += 1);
+            let matching = file
+                .records()
+                .filter(|r| filter.matches(r))
+                .inspect(|_| matched += 1);
             let peers = crate::peer::top_ranked(matching, filter.limit);
             Ok(Listing {
                 peers,
@@ -522,6 +525,12 @@ impl PeerRegistry for LocalFileRegistry {
             })
         })
         .await
+    }
+
+    async fn warm_up(&self) {
+        if let Err(e) = self.blocking(|inner| inner.read().map(drop)).await {
+            tracing::warn!(error = %e, "could not read the registry file ahead of the first call");
+        }
     }
 
     fn take_notices(&self) -> Vec<String> {
@@ -648,6 +657,7 @@ mod tests {
         let path = dir.path().join("peer_registry.json");
         fs::write(&path, b"{\"peers\": {\"a\": tru").expect("seed");
         let reg = LocalFileRegistry::open(&path).expect("open");
+        reg.warm_up().await;
         let notices = reg.take_notices();
         assert_eq!(notices.len(), 1, "{notices:?}");
         assert!(notices[0].contains("did not parse"), "{}", notices[0]);

@@ -177,6 +177,10 @@ pub trait PeerRegistry: Send + Sync {
         0
     }
 
+    /// Reads ahead what the first call would otherwise read (runs in the background once
+    /// the server is up). Sources whose reads cost quota do nothing.
+    async fn warm_up(&self) {}
+
     /// Things the caller should hear about that happened since the last call (for example
     /// a corrupt file kept aside). Each notice is returned once.
     fn take_notices(&self) -> Vec<String> {
