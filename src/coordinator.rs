@@ -78,6 +78,11 @@ pub struct SourceOutcome {
     /// With `rate_limited`: seconds to wait before calling this source again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// For a heartbeat: false when the source kept its copy because it was still fresh
+    /// (the GitHub source writes only when the lease is more than half used or a field
+    /// changed), so its `last_seen` is older than the answer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written: Option<bool>,
 }
 
 impl SourceOutcome {
@@ -89,6 +94,7 @@ impl SourceOutcome {
             rejected: None,
             issue_number: None,
             retry_after_seconds: None,
+            written: None,
         }
     }
 
@@ -100,6 +106,7 @@ impl SourceOutcome {
             rejected: None,
             issue_number: None,
             retry_after_seconds: None,
+            written: None,
         }
     }
 
@@ -118,6 +125,7 @@ impl SourceOutcome {
             rejected: None,
             issue_number: None,
             retry_after_seconds,
+            written: None,
         }
     }
 
@@ -217,7 +225,8 @@ impl PeerView {
             ttl_seconds: record.ttl_seconds,
             metadata: record.metadata,
             expires_at: lease.expires_at,
-            expires_in_seconds: lease.expires_in_seconds,
+            // Whole milliseconds: a countdown needs no more, and 3599.998155117 reads badly.
+            expires_in_seconds: (lease.expires_in_seconds * 1000.0).round() / 1000.0,
             sources,
         }
     }
@@ -576,6 +585,7 @@ impl Coordinator {
                 Ok(Some(stored)) => {
                     let mut outcome = SourceOutcome::ok(1);
                     outcome.issue_number = stored.issue_number;
+                    outcome.written = Some(stored.written);
                     if !stored.written {
                         outcome.add_detail(
                             "the held copy is still fresh; the heartbeat was not written".into(),

@@ -138,10 +138,14 @@ where
     let guarded = transport::guard(input, output, transport::MAX_LINE_BYTES);
     let server = mcp::PeerDiscoveryServer::new(Arc::clone(&coordinator));
     let served = async {
-        let running = server
-            .serve(guarded.transport)
-            .await
-            .map_err(|e| StartError::Serve(e.to_string()))?;
+        let running = match server.serve(guarded.transport).await {
+            Ok(running) => running,
+            // The client left before initializing (stdin closed): a normal end.
+            Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
+                return Ok(QuitReason::Closed);
+            }
+            Err(e) => return Err(StartError::Serve(e.to_string())),
+        };
         let stop = running.cancellation_token();
         let waiting = running.waiting();
         tokio::pin!(waiting);

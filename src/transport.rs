@@ -94,10 +94,19 @@ where
                     }
                     // Parsed as rmcp will parse it, so whatever rmcp would drop without an
                     // answer (bad syntax, numbers out of range) is answered here.
-                    if let Err(e) = serde_json::from_slice::<Value>(&line) {
-                        tracing::warn!(error = %e, "answered a line that is not JSON with a parse error");
-                        let id = top_level_id(&line).unwrap_or(Value::Null);
-                        let _ = lines.send(error_line(id, -32700, &format!("Parse error: {e}")));
+                    let message = match serde_json::from_slice::<Value>(&line) {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "answered a line that is not JSON with a parse error");
+                            let id = top_level_id(&line).unwrap_or(Value::Null);
+                            let _ =
+                                lines.send(error_line(id, -32700, &format!("Parse error: {e}")));
+                            continue;
+                        }
+                    };
+                    if let Some((id, code, reason)) = envelope_error(&message) {
+                        tracing::warn!(reason, "refused a malformed JSON-RPC message");
+                        let _ = lines.send(error_line(id, code, reason));
                         continue;
                     }
                     let mut line = line;
@@ -123,6 +132,47 @@ where
         transport,
         inbound,
         outbound,
+    }
+}
+
+/// What is wrong with a parsed message that rmcp would answer without an id, or with
+/// "method not found" for a `tools/call` whose params do not fit: (id, code, message).
+fn envelope_error(message: &Value) -> Option<(Value, i64, &'static str)> {
+    let Value::Object(fields) = message else {
+        let reason = if message.is_array() {
+            "Invalid Request: batches are not supported; send one message per line"
+        } else {
+            "Invalid Request: a JSON-RPC message is an object"
+        };
+        return Some((Value::Null, -32600, reason));
+    };
+    let id = fields
+        .get("id")
+        .filter(|v| v.is_string() || v.is_number())
+        .cloned()
+        .unwrap_or(Value::Null);
+    if fields.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Some((id, -32600, "Invalid Request: \"jsonrpc\" must be \"2.0\""));
+    }
+    match fields.get("method") {
+        Some(Value::String(method)) if method == "tools/call" => {
+            let fits = matches!(fields.get("params"), Some(Value::Object(params))
+                if params.get("name").is_some_and(Value::is_string)
+                    && params.get("arguments").is_none_or(|a| a.is_object() || a.is_null()));
+            (!fits).then_some((
+                id,
+                -32602,
+                "Invalid params: tools/call needs params.name (a string) and params.arguments (an object)",
+            ))
+        }
+        Some(Value::String(_)) => None,
+        Some(_) => Some((id, -32600, "Invalid Request: \"method\" must be a string")),
+        None if fields.contains_key("result") || fields.contains_key("error") => None,
+        None => Some((
+            id,
+            -32600,
+            "Invalid Request: neither a request (method) nor a response (result or error)",
+        )),
     }
 }
 
@@ -276,6 +326,41 @@ mod tests {
         assert_eq!(top_level_id(b"garbage"), None);
     }
 
+    /// Malformed envelopes are answered with the id when there is one.
+    #[test]
+    fn envelopes_are_checked() {
+        let check = |v: Value| envelope_error(&v).map(|(id, code, _)| (id, code));
+        assert_eq!(
+            check(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})),
+            None
+        );
+        assert_eq!(
+            check(json!({"jsonrpc": "2.0", "id": 1, "result": {}})),
+            None
+        );
+        assert_eq!(check(json!([1])), Some((Value::Null, -32600)));
+        assert_eq!(
+            check(json!({"id": 4, "method": "ping"})),
+            Some((json!(4), -32600))
+        );
+        assert_eq!(
+            check(json!({"jsonrpc": "2.0", "id": 5})),
+            Some((json!(5), -32600))
+        );
+        assert_eq!(
+            check(
+                json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "x", "arguments": [1]}})
+            ),
+            Some((json!(6), -32602))
+        );
+        assert_eq!(
+            check(
+                json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"arguments": {}}})
+            ),
+            Some((json!(7), -32602))
+        );
+    }
+
     #[test]
     fn nesting_is_measured_outside_strings() {
         assert!(!nesting_exceeds(br#"{"a":[[1]]}"#, 3));
@@ -309,10 +394,16 @@ mod tests {
     /// JSON goes through, non-JSON gets -32700, an oversized line gets -32600 with its id.
     #[tokio::test]
     async fn lines_are_checked_and_bounded() {
-        let input: &'static [u8] = b"{\"a\":1}\nnot json\n\n{\"id\":5,\"x\":\"0123456789012345678901234567890123456789\"}\n{\"b\":2}\n";
+        let input: &'static [u8] = b"{\"jsonrpc\":\"2.0\",\"method\":\"a\"}\nnot json\n\n{\"id\":5,\"x\":\"0123456789012345678901234567890123456789\"}\n{\"jsonrpc\":\"2.0\",\"method\":\"b\"}\n";
         let out = exchange(input, 40).await;
-        assert!(out.contains(&json!({"echo": "{\"a\":1}"})), "{out:?}");
-        assert!(out.contains(&json!({"echo": "{\"b\":2}"})), "{out:?}");
+        assert!(
+            out.contains(&json!({"echo": "{\"jsonrpc\":\"2.0\",\"method\":\"a\"}"})),
+            "{out:?}"
+        );
+        assert!(
+            out.contains(&json!({"echo": "{\"jsonrpc\":\"2.0\",\"method\":\"b\"}"})),
+            "{out:?}"
+        );
         let parse = out
             .iter()
             .find(|v| v["error"]["code"] == -32700)

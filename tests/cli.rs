@@ -105,3 +105,18 @@ async fn env_and_serve_subcommand_configure_the_server() {
     assert!(path.exists(), "PEER_REGISTRY_PATH chose the file");
     client.cancel().await.expect("shutdown");
 }
+
+/// A client that closes stdin before initializing ends the server quietly, exit code 0.
+#[tokio::test]
+async fn stdin_closed_before_initialize_is_a_clean_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("r.json");
+    let out = run(&["--registry-path", path.to_str().expect("utf-8 path")]).await;
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}

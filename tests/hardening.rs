@@ -56,6 +56,10 @@ async fn bad_input_battery() {
         (r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"register_peer","arguments":{"ttl_seconds":1e400}}}"#.into(), -32700, json!(7)),
         (r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"register_peer","arguments":{"ttl_seconds":NaN}}}"#.into(), -32700, json!(8)),
         (r#"{"jsonrpc":"2.0","id":9,"method":"no/such/method"}"#.into(), -32601, json!(9)),
+        (r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"register_peer","arguments":[1]}}"#.into(), -32602, json!(11)),
+        (r#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{"arguments":{}}}"#.into(), -32602, json!(12)),
+        (r#"{"jsonrpc":"2.0","id":13}"#.into(), -32600, json!(13)),
+        (r#"{"jsonrpc":"1.0","id":14,"method":"ping"}"#.into(), -32600, json!(14)),
         (r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"no_such_tool","arguments":{}}}"#.into(), -32602, json!(10)),
     ];
     for (line, code, expected_id) in protocol {

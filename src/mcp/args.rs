@@ -1,9 +1,12 @@
 //! The arguments of each tool. Doc comments become the field descriptions an LLM reads,
 //! so each says what the field means, its limits, and what leaving it out means.
 //! Unknown fields are refused, so a misspelt argument is an error instead of ignored.
+//! Counts are taken as any JSON number and checked by range, so `1e20` or `2.5` get the
+//! range message rather than a type error.
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::Number;
 
 use crate::peer::JsonObject;
 use crate::registry::SourceName;
@@ -25,8 +28,8 @@ pub struct RegisterPeerArgs {
     pub capabilities: Vec<String>,
     /// How long the registration lasts without a heartbeat, in seconds (1 to 604800).
     /// Omitted: the server's default (3600 unless configured otherwise).
-    #[schemars(range(min = 1, max = 604800))]
-    pub ttl_seconds: Option<i64>,
+    #[schemars(with = "Option<i64>", range(min = 1, max = 604800))]
+    pub ttl_seconds: Option<Number>,
     /// Any JSON object describing the peer (version, region, price...), at most 4096 bytes
     /// as JSON. Omitted: an empty object.
     pub metadata: Option<JsonObject>,
@@ -43,8 +46,8 @@ pub struct DiscoverPeersArgs {
     #[schemars(length(max = 32))]
     pub capability_filter: Vec<String>,
     /// Most peers to return, 1 to 1000. Omitted: 50. `total_matched` tells how many matched.
-    #[schemars(range(min = 1, max = 1000))]
-    pub max_peers: Option<i64>,
+    #[schemars(with = "Option<i64>", range(min = 1, max = 1000))]
+    pub max_peers: Option<Number>,
     /// Which sources to ask. Omitted: every enabled source.
     pub sources: Option<Vec<SourceName>>,
     /// Also return peers whose lease has ended. Omitted: false.
@@ -65,8 +68,8 @@ pub struct UpdatePeerArgs {
     /// A new metadata object, replacing the old one. Omitted: unchanged.
     pub metadata: Option<JsonObject>,
     /// A new lease length in seconds (1 to 604800). Omitted: unchanged.
-    #[schemars(range(min = 1, max = 604800))]
-    pub ttl_seconds: Option<i64>,
+    #[schemars(with = "Option<i64>", range(min = 1, max = 604800))]
+    pub ttl_seconds: Option<Number>,
     /// Which sources to update. Omitted: every enabled source.
     pub sources: Option<Vec<SourceName>>,
 }

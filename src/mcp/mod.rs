@@ -9,15 +9,16 @@ pub mod schema;
 use std::sync::Arc;
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::{ToolCallContext, schema_for_output};
-use rmcp::handler::server::wrapper::Parameters;
+use rmcp::handler::server::tool::{ToolCallContext, schema_for_output, schema_for_type};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ProgressNotificationParam, ServerCapabilities, ServerConfig,
+    JsonObject, ProgressNotificationParam, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Number, Value};
 
 pub use args::*;
 
@@ -73,6 +74,43 @@ fn sources_note(outcomes: &Outcomes) -> String {
 
 fn tool_error(error: CallError) -> String {
     error.to_string()
+}
+
+/// Deserializes tool arguments; an error names the argument that was wrong.
+fn parse_args<T: DeserializeOwned>(arguments: JsonObject) -> Result<T, String> {
+    serde_path_to_error::deserialize(Value::Object(arguments)).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            format!("invalid arguments: {}", e.inner())
+        } else {
+            format!("invalid argument `{path}`: {}", e.inner())
+        }
+    })
+}
+
+/// A JSON number as a whole number for a range check; fractions and out-of-range values
+/// become the range message of the caller.
+fn whole_number(
+    number: Option<Number>,
+    out_of_range: impl Fn(String) -> String,
+) -> Result<Option<i64>, String> {
+    match number {
+        None => Ok(None),
+        Some(n) => match n.as_i64() {
+            Some(v) => Ok(Some(v)),
+            None => Err(out_of_range(n.to_string())),
+        },
+    }
+}
+
+fn ttl_argument(number: Option<Number>) -> Result<Option<i64>, String> {
+    whole_number(number, |got| {
+        format!(
+            "ttl_seconds must be a whole number within {}..={} (got {got})",
+            crate::peer::MIN_TTL_SECONDS,
+            crate::peer::MAX_TTL_SECONDS
+        )
+    })
 }
 
 /// Sends `notifications/progress` for long work when the client asked for it (with a
@@ -133,10 +171,13 @@ impl PeerDiscoveryServer {
 
     #[tool(
         description = "Announce a peer (often yourself): its id, the multiaddr to reach it at, \
-its capabilities, and optional metadata. Creates the registration, or refreshes an existing one \
-(first_seen is kept). The answer gives the stored record with its lease: call update_peer before \
-`expires_at` to stay listed. `created` tells a new registration from a refresh; `outcomes` tells \
-what each source did. Omitted ttl_seconds: the server default (3600 s unless configured).",
+its capabilities, and optional metadata. Creates the registration, or replaces an existing one \
+whole: capabilities, metadata and ttl_seconds become what this call gives (omitted ones their \
+defaults: none, {}, the server's default lease of 3600 s unless configured); only first_seen is \
+kept. To refresh the lease or change some fields only, call update_peer instead. The answer gives \
+the stored record with its lease: call update_peer before `expires_at` to stay listed. `created` \
+tells a new registration from a replaced one; `outcomes` tells what each source did.",
+        input_schema = schema_for_type::<RegisterPeerArgs>(),
         output_schema = schema_for_output::<crate::coordinator::RegisterResult>(),
         annotations(
             title = "Register peer",
@@ -146,15 +187,13 @@ what each source did. Omitted ttl_seconds: the server default (3600 s unless con
             open_world_hint = true
         )
     )]
-    async fn register_peer(
-        &self,
-        Parameters(args): Parameters<RegisterPeerArgs>,
-    ) -> Result<CallToolResult, String> {
+    async fn register_peer(&self, arguments: JsonObject) -> Result<CallToolResult, String> {
+        let args: RegisterPeerArgs = parse_args(arguments)?;
         let announcement = Announcement::new(
             args.peer_id,
             &args.multiaddr,
             &args.capabilities,
-            args.ttl_seconds,
+            ttl_argument(args.ttl_seconds)?,
             args.metadata,
             self.coordinator.default_ttl_seconds(),
         )
@@ -185,6 +224,7 @@ metadata, lease and the sources that hold it. capability_filter keeps peers that
 given capabilities; omitted, any peer matches. max_peers (1-1000, default 50) cuts the ranked list; \
 total_matched counts all matches. Expired peers are left out unless include_expired is true. \
 Omitted sources: every enabled source; `outcomes` says how each fared.",
+        input_schema = schema_for_type::<DiscoverPeersArgs>(),
         output_schema = schema_for_output::<crate::coordinator::DiscoverResult>(),
         annotations(
             title = "Discover peers",
@@ -196,15 +236,21 @@ Omitted sources: every enabled source; `outcomes` says how each fared.",
     )]
     async fn discover_peers(
         &self,
-        Parameters(args): Parameters<DiscoverPeersArgs>,
+        arguments: JsonObject,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
+        let args: DiscoverPeersArgs = parse_args(arguments)?;
         let relay = ProgressRelay::new(&context);
         let result = self
             .coordinator
             .discover(
                 &args.capability_filter,
-                args.max_peers,
+                whole_number(args.max_peers, |got| {
+                    format!(
+                        "max_peers must be a whole number within 1..={} (got {got})",
+                        crate::coordinator::MAX_DISCOVER_PEERS
+                    )
+                })?,
                 args.include_expired,
                 args.sources.as_deref(),
                 &relay.progress,
@@ -232,6 +278,7 @@ and replaces the fields that are given (multiaddr, capabilities, metadata, ttl_s
 fields stay as they are. Call it before `expires_at` of the last answer, e.g. every ttl_seconds/2. \
 A peer that no source holds (never registered, or expired and cleaned up) is an error: call \
 register_peer instead.",
+        input_schema = schema_for_type::<UpdatePeerArgs>(),
         output_schema = schema_for_output::<crate::coordinator::UpdateResult>(),
         annotations(
             title = "Heartbeat / update peer",
@@ -241,16 +288,14 @@ register_peer instead.",
             open_world_hint = true
         )
     )]
-    async fn update_peer(
-        &self,
-        Parameters(args): Parameters<UpdatePeerArgs>,
-    ) -> Result<CallToolResult, String> {
+    async fn update_peer(&self, arguments: JsonObject) -> Result<CallToolResult, String> {
+        let args: UpdatePeerArgs = parse_args(arguments)?;
         let heartbeat = Heartbeat::new(
             &args.peer_id,
             args.multiaddr.as_deref(),
             args.capabilities.as_deref(),
             args.metadata,
-            args.ttl_seconds,
+            ttl_argument(args.ttl_seconds)?,
         )
         .map_err(|e| e.to_string())?;
         let result = self
@@ -258,8 +303,26 @@ register_peer instead.",
             .update(&args.peer_id, heartbeat, args.sources.as_deref())
             .await
             .map_err(tool_error)?;
+        let kept: Vec<&str> = SourceName::ALL
+            .into_iter()
+            .filter(|s| {
+                result
+                    .outcomes
+                    .get(*s)
+                    .is_some_and(|o| o.written == Some(false))
+            })
+            .map(SourceName::as_str)
+            .collect();
+        let kept = if kept.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not rewritten in {} (its copy is still fresh)",
+                kept.join(", ")
+            )
+        };
         let summary = format!(
-            "heartbeat for `{}` recorded ({}); lease ends in {:.0} s",
+            "heartbeat for `{}` recorded ({}){kept}; lease ends in {:.0} s",
             result.peer.peer_id,
             sources_note(&result.outcomes),
             result.peer.expires_in_seconds,
@@ -270,6 +333,7 @@ register_peer instead.",
     #[tool(
         description = "Remove a peer's registration, e.g. when an agent leaves. `removed` is \
 false when no source held the peer (nothing to do). Omitted sources: every enabled source.",
+        input_schema = schema_for_type::<UnregisterPeerArgs>(),
         output_schema = schema_for_output::<crate::coordinator::UnregisterResult>(),
         annotations(
             title = "Unregister peer",
@@ -279,10 +343,8 @@ false when no source held the peer (nothing to do). Omitted sources: every enabl
             open_world_hint = true
         )
     )]
-    async fn unregister_peer(
-        &self,
-        Parameters(args): Parameters<UnregisterPeerArgs>,
-    ) -> Result<CallToolResult, String> {
+    async fn unregister_peer(&self, arguments: JsonObject) -> Result<CallToolResult, String> {
+        let args: UnregisterPeerArgs = parse_args(arguments)?;
         let result = self
             .coordinator
             .unregister(&args.peer_id, args.sources.as_deref())
@@ -309,6 +371,7 @@ false when no source held the peer (nothing to do). Omitted sources: every enabl
 from the sources. The server also does this by itself in the background, so call it only to \
 clean up now. dry_run: true only reports what would be removed. Returns the count per source and \
 the peer ids removed. Omitted sources: every enabled source.",
+        input_schema = schema_for_type::<CleanupExpiredPeersArgs>(),
         output_schema = schema_for_output::<crate::coordinator::CleanupResult>(),
         annotations(
             title = "Clean up expired peers",
@@ -320,9 +383,10 @@ the peer ids removed. Omitted sources: every enabled source.",
     )]
     async fn cleanup_expired_peers(
         &self,
-        Parameters(args): Parameters<CleanupExpiredPeersArgs>,
+        arguments: JsonObject,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
+        let args: CleanupExpiredPeersArgs = parse_args(arguments)?;
         let relay = ProgressRelay::new(&context);
         let result = self
             .coordinator
@@ -347,6 +411,7 @@ the peer ids removed. Omitted sources: every enabled source.",
         description = "Show which sources are enabled (and why one is disabled), where they \
 store records, and per-source counters: calls, failures, last error, mean latency. Also the \
 default lease, the background cleanup interval and the per-source timeout. Takes no arguments.",
+        input_schema = schema_for_type::<RegistryStatusArgs>(),
         output_schema = schema_for_output::<crate::coordinator::StatusResult>(),
         annotations(
             title = "Registry status",
@@ -356,10 +421,8 @@ default lease, the background cleanup interval and the per-source timeout. Takes
             open_world_hint = false
         )
     )]
-    async fn registry_status(
-        &self,
-        Parameters(_): Parameters<RegistryStatusArgs>,
-    ) -> Result<CallToolResult, String> {
+    async fn registry_status(&self, arguments: JsonObject) -> Result<CallToolResult, String> {
+        let _: RegistryStatusArgs = parse_args(arguments)?;
         let status = self.coordinator.status();
         let summary = status
             .sources

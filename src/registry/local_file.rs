@@ -162,6 +162,12 @@ impl LocalFileRegistry {
         {
             let _lock = inner.lock()?;
             inner.remove_stale_temp_files(&dir, &file_name);
+            // Writes go through a temp file in the folder: prove now that one can be made.
+            tempfile::Builder::new()
+                .prefix(&Inner::temp_prefix(&file_name))
+                .suffix(".tmp")
+                .tempfile_in(&dir)
+                .map_err(|e| RegistryError::io("creating a file in", &dir, e))?;
         }
         Ok(LocalFileRegistry {
             inner: Arc::new(inner),
