@@ -109,22 +109,30 @@ impl Session {
         self.stdin.flush().expect("flush");
     }
 
-    fn read(&mut self) -> Value {
+    fn read_line(&mut self) -> String {
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("read");
-        serde_json::from_str(&line).expect("answer is JSON")
+        line
     }
 
-    /// One request, timed from write to answer.
+    fn read(&mut self) -> Value {
+        serde_json::from_str(&self.read_line()).expect("answer is JSON")
+    }
+
+    /// One request, timed from writing it to reading the whole answer line (parsing the
+    /// answer is the client's cost, so it is left out).
     fn round_trip(&mut self, method: &str, params: Value) -> (Duration, Value) {
         let id = self.next_id;
         self.next_id += 1;
+        let request = json!({"jsonrpc":"2.0","id":id,"method":method,"params":params});
         let started = Instant::now();
-        self.send(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}));
+        self.send(&request);
         loop {
-            let answer = self.read();
+            let line = self.read_line();
+            let took = started.elapsed();
+            let answer: Value = serde_json::from_str(&line).expect("answer is JSON");
             if answer["id"] == id {
-                return (started.elapsed(), answer);
+                return (took, answer);
             }
         }
     }

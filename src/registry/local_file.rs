@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{Listing, PeerRegistry, Progress, RegistryError, SourceName, Stored};
-use crate::peer::{Heartbeat, JsonObject, PeerFilter, PeerRecord};
+use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
 
 /// The registry file on disk, as a cheap cloneable handle.
 #[derive(Clone)]
@@ -71,55 +70,117 @@ impl FileStamp {
     }
 }
 
-/// The whole file. Unknown top-level keys are kept.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The whole file. Unknown top-level keys are kept as they were written.
+#[derive(Debug, Clone, Default)]
 struct RegistryFile {
-    #[serde(default)]
     peers: BTreeMap<String, Entry>,
-    #[serde(default)]
     last_cleanup: f64,
-    #[serde(flatten)]
-    other: JsonObject,
+    other: Vec<(String, Arc<str>)>,
 }
 
-/// One value of `peers`: a record this server serves, or anything else, which is kept in
-/// the file untouched (someone else wrote it) but never served.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(untagged)]
+/// One value of `peers`.
+#[derive(Debug, Clone)]
 enum Entry {
-    Record(PeerRecord),
-    Unusable(Value),
+    /// A record this server serves, with its JSON text as last read or written (`None`
+    /// once changed): a write copies the text of unchanged records instead of
+    /// serializing every record again.
+    Record {
+        record: PeerRecord,
+        text: Option<Arc<str>>,
+    },
+    /// Anything else: kept in the file as written (someone else wrote it), never served.
+    Unusable(Arc<str>),
+}
+
+impl Entry {
+    fn changed(record: PeerRecord) -> Self {
+        Entry::Record { record, text: None }
+    }
 }
 
 impl RegistryFile {
+    /// Parses the file. Values are taken as raw text first, so each record is parsed once,
+    /// straight from the file's bytes, and keeps its text for the next write.
     fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             // An empty file is what a crashed `touch`-then-write leaves; nothing is lost.
             return Ok(RegistryFile::default());
         }
-        let mut file: RegistryFile = serde_json::from_slice(bytes)?;
-        for (key, entry) in file.peers.iter_mut() {
-            if let Entry::Record(record) = entry
-                && (record.check().is_err() || record.peer_id != *key)
-            {
-                tracing::warn!(peer_id = %key, "registry file holds a record that breaks a rule; it is kept but not served");
-                let raw = serde_json::to_value(&*record).unwrap_or(Value::Null);
-                *entry = Entry::Unusable(raw);
+        let top: BTreeMap<String, &RawValue> = serde_json::from_slice(bytes)?;
+        let mut file = RegistryFile::default();
+        for (key, raw) in top {
+            match key.as_str() {
+                "peers" => {
+                    let peers: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())?;
+                    for (peer_id, raw) in peers {
+                        let entry = match serde_json::from_str::<PeerRecord>(raw.get()) {
+                            Ok(record) if record.check().is_ok() && record.peer_id == peer_id => {
+                                Entry::Record {
+                                    record,
+                                    text: Some(Arc::from(raw.get())),
+                                }
+                            }
+                            _ => {
+                                tracing::warn!(%peer_id, "registry file holds a record that breaks a rule; it is kept but not served");
+                                Entry::Unusable(Arc::from(raw.get()))
+                            }
+                        };
+                        file.peers.insert(peer_id, entry);
+                    }
+                }
+                "last_cleanup" => {
+                    file.last_cleanup = serde_json::from_str(raw.get()).unwrap_or(0.0)
+                }
+                _ => file.other.push((key, Arc::from(raw.get()))),
             }
         }
         Ok(file)
     }
 
+    /// Writes the file as compact JSON; records changed since the last write are serialized
+    /// (and their text kept), the others copied.
+    fn write_to(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        for entry in self.peers.values_mut() {
+            if let Entry::Record { record, text } = entry
+                && text.is_none()
+            {
+                *text = Some(Arc::from(serde_json::to_string(record)?));
+            }
+        }
+        out.write_all(b"{\"peers\":{")?;
+        for (i, (peer_id, entry)) in self.peers.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, peer_id)?;
+            out.write_all(b":")?;
+            let text = match entry {
+                Entry::Record { text, .. } => text.as_deref().unwrap_or("null"),
+                Entry::Unusable(text) => text,
+            };
+            out.write_all(text.as_bytes())?;
+        }
+        out.write_all(b"},\"last_cleanup\":")?;
+        serde_json::to_writer(&mut *out, &self.last_cleanup)?;
+        for (key, text) in &self.other {
+            out.write_all(b",")?;
+            serde_json::to_writer(&mut *out, key)?;
+            out.write_all(b":")?;
+            out.write_all(text.as_bytes())?;
+        }
+        out.write_all(b"}")
+    }
+
     fn record(&self, peer_id: &str) -> Option<&PeerRecord> {
         match self.peers.get(peer_id) {
-            Some(Entry::Record(r)) => Some(r),
+            Some(Entry::Record { record, .. }) => Some(record),
             _ => None,
         }
     }
 
     fn records(&self) -> impl Iterator<Item = &PeerRecord> {
         self.peers.values().filter_map(|e| match e {
-            Entry::Record(r) => Some(r),
+            Entry::Record { record, .. } => Some(record),
             Entry::Unusable(_) => None,
         })
     }
@@ -361,7 +422,7 @@ impl Inner {
         let mut file = snapshot.file;
         let (answer, changed) = change(Arc::make_mut(&mut file));
         if changed {
-            let stamp = self.write_atomically(&file)?;
+            let stamp = self.write_atomically(Arc::make_mut(&mut file))?;
             self.set_cache(Some(Snapshot {
                 stamp: Some(stamp),
                 file,
@@ -373,7 +434,7 @@ impl Inner {
     }
 
     /// Temp file in the same folder, fsync, rename over the data file, fsync the folder.
-    fn write_atomically(&self, content: &RegistryFile) -> Result<FileStamp, RegistryError> {
+    fn write_atomically(&self, content: &mut RegistryFile) -> Result<FileStamp, RegistryError> {
         let dir = parent_dir(&self.path);
         let file_name = self
             .path
@@ -390,13 +451,20 @@ impl Inner {
         if let Ok(meta) = fs::metadata(&self.path) {
             let _ = temp.as_file().set_permissions(meta.permissions());
         }
+        let started = std::time::Instant::now();
         {
             let mut writer = BufWriter::with_capacity(256 * 1024, temp.as_file_mut());
-            serde_json::to_writer(&mut writer, content)
-                .map_err(|e| RegistryError::io("writing", &self.path, std::io::Error::other(e)))?;
+            content.write_to(&mut writer).map_err(io("writing"))?;
             writer.flush().map_err(io("writing"))?;
         }
+        let written = started.elapsed();
         temp.as_file().sync_all().map_err(io("syncing"))?;
+        tracing::debug!(
+            peers = content.peers.len(),
+            write_ms = written.as_secs_f64() * 1000.0,
+            sync_ms = (started.elapsed() - written).as_secs_f64() * 1000.0,
+            "registry file written"
+        );
         let file = temp
             .persist(&self.path)
             .map_err(|e| RegistryError::io("replacing", &self.path, e.error))?;
@@ -434,7 +502,7 @@ impl PeerRegistry for LocalFileRegistry {
                 let mut new = record.stored_over(existing);
                 new.source = SOURCE.as_str().to_owned();
                 let answer = stored(&new, created);
-                file.peers.insert(new.peer_id.clone(), Entry::Record(new));
+                file.peers.insert(new.peer_id.clone(), Entry::changed(new));
                 (answer, true)
             })
         })
@@ -457,7 +525,7 @@ impl PeerRegistry for LocalFileRegistry {
                 let mut new = heartbeat.apply(existing, now);
                 new.source = SOURCE.as_str().to_owned();
                 let answer = stored(&new, false);
-                file.peers.insert(peer_id.clone(), Entry::Record(new));
+                file.peers.insert(peer_id.clone(), Entry::changed(new));
                 (Some(answer), true)
             })
         })
@@ -552,6 +620,7 @@ impl PeerRegistry for LocalFileRegistry {
 mod tests {
     use super::*;
     use crate::peer::{Announcement, DEFAULT_TTL_SECONDS};
+    use serde_json::Value;
 
     fn record(peer_id: &str, caps: &[&str], ttl: i64, now: f64) -> PeerRecord {
         let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
