@@ -81,19 +81,19 @@ pub enum InvalidPeer {
 /// Holds exactly the eight fields of the shared format, plus whatever unknown fields a
 /// stored copy already had (kept so that writing it back loses nothing). This server
 /// never adds a field of its own: the Python module rejects records with extra keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialized by a hand-written visitor: `#[serde(flatten)]` would buffer every record
+/// into serde's generic content tree first, which made loading a registry file about
+/// twice as slow.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerRecord {
     pub peer_id: String,
     pub multiaddr: String,
-    #[serde(default)]
     pub capabilities: Vec<String>,
     pub first_seen: f64,
     pub last_seen: f64,
-    #[serde(default = "unknown_source")]
     pub source: String,
-    #[serde(default = "default_ttl")]
     pub ttl_seconds: u64,
-    #[serde(default)]
     pub metadata: JsonObject,
     /// Fields written by someone else (a newer version, another tool); kept as they are.
     #[serde(flatten)]
@@ -104,8 +104,81 @@ fn unknown_source() -> String {
     UNKNOWN_SOURCE.to_owned()
 }
 
-fn default_ttl() -> u64 {
-    DEFAULT_TTL_SECONDS
+impl<'de> Deserialize<'de> for PeerRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+/// A key, borrowed from the input when it has no escapes (no allocation per field).
+struct FieldName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl<'de> serde::de::Visitor<'de> for Names {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Names)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RecordVisitor {
+    type Value = PeerRecord;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a peer record object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PeerRecord, A::Error> {
+        use serde::de::Error;
+        let mut peer_id = None;
+        let mut multiaddr = None;
+        let mut capabilities = None;
+        let mut first_seen = None;
+        let mut last_seen = None;
+        let mut source = None;
+        let mut ttl_seconds = None;
+        let mut metadata = None;
+        let mut unknown_fields = JsonObject::new();
+        while let Some(FieldName(key)) = map.next_key::<FieldName<'de>>()? {
+            match key.as_ref() {
+                "peer_id" => peer_id = Some(map.next_value()?),
+                "multiaddr" => multiaddr = Some(map.next_value()?),
+                "capabilities" => capabilities = Some(map.next_value()?),
+                "first_seen" => first_seen = Some(map.next_value()?),
+                "last_seen" => last_seen = Some(map.next_value()?),
+                "source" => source = Some(map.next_value()?),
+                "ttl_seconds" => ttl_seconds = Some(map.next_value()?),
+                "metadata" => metadata = Some(map.next_value()?),
+                other => {
+                    unknown_fields.insert(other.to_owned(), map.next_value()?);
+                }
+            }
+        }
+        Ok(PeerRecord {
+            peer_id: peer_id.ok_or_else(|| A::Error::missing_field("peer_id"))?,
+            multiaddr: multiaddr.ok_or_else(|| A::Error::missing_field("multiaddr"))?,
+            capabilities: capabilities.unwrap_or_default(),
+            first_seen: first_seen.ok_or_else(|| A::Error::missing_field("first_seen"))?,
+            last_seen: last_seen.ok_or_else(|| A::Error::missing_field("last_seen"))?,
+            source: source.unwrap_or_else(unknown_source),
+            ttl_seconds: ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS),
+            metadata: metadata.unwrap_or_default(),
+            unknown_fields,
+        })
+    }
 }
 
 /// When a record's lease ends, as every tool reports it.
@@ -690,6 +763,28 @@ mod tests {
         let record: PeerRecord = serde_json::from_value(python.clone()).expect("parses");
         record.check().expect("valid");
         assert_eq!(serde_json::to_value(&record).expect("serializes"), python);
+    }
+
+    /// Unknown fields survive a read and a write; missing required fields are refused and
+    /// missing optional ones take their defaults.
+    #[test]
+    fn unknown_fields_are_kept_and_defaults_apply() {
+        let text = r#"{"peer_id":"p","multiaddr":"/ip4/127.0.0.1/tcp/1","first_seen":1,"last_seen":2,"signature":{"alg":"ed25519"}}"#;
+        let record: PeerRecord = serde_json::from_str(text).expect("parses");
+        assert_eq!(record.unknown_fields["signature"]["alg"], "ed25519");
+        assert_eq!(
+            (record.ttl_seconds, record.source.as_str()),
+            (DEFAULT_TTL_SECONDS, "unknown")
+        );
+        let written = serde_json::to_value(&record).expect("serializes");
+        assert_eq!(written["signature"]["alg"], "ed25519");
+        let err =
+            serde_json::from_str::<PeerRecord>(r#"{"peer_id":"p","first_seen":1,"last_seen":2}"#)
+                .expect_err("no multiaddr");
+        assert!(
+            err.to_string().contains("missing field `multiaddr`"),
+            "{err}"
+        );
     }
 
     /// Records read back are held to every rule: a bad capability is refused.

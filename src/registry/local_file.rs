@@ -193,6 +193,16 @@ impl RegistryFile {
     }
 }
 
+/// Parses registry file bytes as a load does and writes them back as a save does;
+/// `None` when the bytes are not a registry file. Public for the fuzz target.
+#[doc(hidden)]
+pub fn reencode_registry_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut file = RegistryFile::parse(bytes).ok()?;
+    let mut out = Vec::new();
+    file.write_to(&mut out).ok()?;
+    Some(out)
+}
+
 impl LocalFileRegistry {
     /// Opens (creating folders as needed) the registry at `path`: takes the lock once to
     /// prove the folder is writable and removes temp files a killed writer left. The file
