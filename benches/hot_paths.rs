@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "fixtures.rs"]
+mod fixtures;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use peer_discovery_mcp::coordinator::{Coordinator, CoordinatorConfig, EnabledSource};
 use peer_discovery_mcp::peer::{Announcement, DEFAULT_TTL_SECONDS, PeerFilter};
@@ -17,25 +20,8 @@ use serde_json::json;
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 const NOW: f64 = 1_800_000_000.0;
 
-/// A registry file with `n` peers: all do `storage`, one in ten also `compute`.
 fn prefill(path: &Path, n: usize) {
-    let mut peers = serde_json::Map::new();
-    for i in 0..n {
-        let id = format!("peer-{i:06}");
-        let caps = if i % 10 == 0 {
-            json!(["storage", "compute"])
-        } else {
-            json!(["storage"])
-        };
-        peers.insert(
-            id.clone(),
-            json!({"peer_id": id, "multiaddr": format!("/ip4/10.0.{}.{}/tcp/4001", i / 256 % 256, i % 256),
-                   "capabilities": caps, "first_seen": NOW - i as f64, "last_seen": NOW - i as f64,
-                   "source": "local_file", "ttl_seconds": 604800, "metadata": {"rack": i % 40}}),
-        );
-    }
-    let file = json!({"peers": peers, "last_cleanup": NOW});
-    std::fs::write(path, serde_json::to_vec(&file).expect("json")).expect("write");
+    fixtures::prefill(path, n, NOW);
 }
 
 /// A folder on tmpfs when there is one, so saves measure the work, not the disk.

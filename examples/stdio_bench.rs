@@ -11,6 +11,8 @@
 
 #[path = "../tests/support/fake_github.rs"]
 mod fake_github;
+#[path = "../benches/fixtures.rs"]
+mod fixtures;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -45,26 +47,8 @@ fn now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A registry file with `n` peers: all can do `storage`, one in ten `compute`.
 fn prefill(path: &Path, n: usize) {
-    let t = now();
-    let mut peers = serde_json::Map::new();
-    for i in 0..n {
-        let id = format!("peer-{i:06}");
-        let caps = if i % 10 == 0 {
-            json!(["storage", "compute"])
-        } else {
-            json!(["storage"])
-        };
-        peers.insert(
-            id.clone(),
-            json!({"peer_id": id, "multiaddr": format!("/ip4/10.0.{}.{}/tcp/4001", i / 256 % 256, i % 256),
-                   "capabilities": caps, "first_seen": t - i as f64, "last_seen": t - i as f64,
-                   "source": "local_file", "ttl_seconds": 604800, "metadata": {"rack": i % 40}}),
-        );
-    }
-    let file = json!({"peers": peers, "last_cleanup": t});
-    std::fs::write(path, serde_json::to_vec(&file).expect("json")).expect("write registry");
+    fixtures::prefill(path, n, now());
 }
 
 struct Session {
