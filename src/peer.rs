@@ -198,7 +198,7 @@ impl PeerRecord {
 
     /// A record is expired from the instant `last_seen + ttl_seconds` on.
     pub fn is_expired(&self, now: f64) -> bool {
-        now >= self.expires_at()
+        lease_ended(self.expires_at(), now)
     }
 
     pub fn lease(&self, now: f64) -> Lease {
@@ -418,16 +418,31 @@ impl PeerFilter {
     }
 
     pub fn matches(&self, record: &PeerRecord) -> bool {
-        (self.include_expired || !record.is_expired(self.now))
-            && record.has_capabilities(&self.capabilities)
+        self.admits(record.expires_at(), || {
+            record.has_capabilities(&self.capabilities)
+        })
     }
+
+    /// The same rule for a source that keeps an index rather than records: a record whose
+    /// lease ends at `expires_at` and that has (`has_capabilities`) every capability asked.
+    pub fn admits(&self, expires_at: f64, has_capabilities: impl FnOnce() -> bool) -> bool {
+        (self.include_expired || !lease_ended(expires_at, self.now)) && has_capabilities()
+    }
+}
+
+/// Whether a lease that ends at `expires_at` is over at `now`.
+pub fn lease_ended(expires_at: f64, now: f64) -> bool {
+    now >= expires_at
 }
 
 /// How discover ranks peers: newest `last_seen` first, ties by `peer_id`.
 pub fn rank_order(a: &PeerRecord, b: &PeerRecord) -> std::cmp::Ordering {
-    b.last_seen
-        .total_cmp(&a.last_seen)
-        .then_with(|| a.peer_id.cmp(&b.peer_id))
+    rank_key_order((a.last_seen, &a.peer_id), (b.last_seen, &b.peer_id))
+}
+
+/// [`rank_order`] on `(last_seen, peer_id)` alone, for sources that rank an index.
+pub fn rank_key_order(a: (f64, &str), b: (f64, &str)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
 }
 
 /// The best `limit` of `records` by [`rank_order`], ranked, copied; the rest are only

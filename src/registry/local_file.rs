@@ -12,7 +12,7 @@
 //!   never overwritten; records that break a rule are kept in the file but not served;
 //! - a parsed file is cached and re-read only when its inode, size or mtime change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -39,6 +39,8 @@ struct Inner {
     notices: Mutex<Vec<String>>,
     /// How many times the file was read and parsed (the cache makes this rare).
     parses: std::sync::atomic::AtomicU64,
+    /// Held while the file is parsed.
+    parsing: Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -70,37 +72,41 @@ impl FileStamp {
     }
 }
 
-/// The whole file. Unknown top-level keys are kept as they were written.
+/// The whole file, held compactly: each record as its JSON text plus the few fields a
+/// discover or a cleanup looks at; a `PeerRecord` is parsed from the text only for the
+/// records an answer returns or a write changes. Unknown top-level keys are kept as
+/// they were written.
 #[derive(Debug, Clone, Default)]
 struct RegistryFile {
     peers: BTreeMap<String, Entry>,
     last_cleanup: f64,
     other: Vec<(String, Arc<str>)>,
+    /// Capability names as small numbers, so each record's list is a few bytes.
+    capability_ids: HashMap<String, u32>,
 }
 
 /// One value of `peers`.
 #[derive(Debug, Clone)]
 enum Entry {
-    /// A record this server serves, with its JSON text as last read or written (`None`
-    /// once changed): a write copies the text of unchanged records instead of
-    /// serializing every record again.
-    Record {
-        record: PeerRecord,
-        text: Option<Arc<str>>,
-    },
+    /// A record this server serves (it passed every rule when it was read or written).
+    Record(Indexed),
     /// Anything else: kept in the file as written (someone else wrote it), never served.
     Unusable(Arc<str>),
 }
 
-impl Entry {
-    fn changed(record: PeerRecord) -> Self {
-        Entry::Record { record, text: None }
-    }
+/// A served record: its JSON text (copied as is by every write that does not change it)
+/// and what filtering and ranking need.
+#[derive(Debug, Clone)]
+struct Indexed {
+    text: Arc<str>,
+    last_seen: f64,
+    expires_at: f64,
+    capabilities: Box<[u32]>,
 }
 
 impl RegistryFile {
     /// Parses the file. Values are taken as raw text first, so each record is parsed once,
-    /// straight from the file's bytes, and keeps its text for the next write.
+    /// straight from the file's bytes, checked, indexed, and kept as its text.
     fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             // An empty file is what a crashed `touch`-then-write leaves; nothing is lost.
@@ -115,10 +121,8 @@ impl RegistryFile {
                     for (peer_id, raw) in peers {
                         let entry = match serde_json::from_str::<PeerRecord>(raw.get()) {
                             Ok(record) if record.check().is_ok() && record.peer_id == peer_id => {
-                                Entry::Record {
-                                    record,
-                                    text: Some(Arc::from(raw.get())),
-                                }
+                                let text = Arc::from(raw.get());
+                                Entry::Record(file.index(&record, text))
                             }
                             _ => {
                                 tracing::warn!(%peer_id, "registry file holds a record that breaks a rule; it is kept but not served");
@@ -137,16 +141,39 @@ impl RegistryFile {
         Ok(file)
     }
 
-    /// Writes the file as compact JSON; records changed since the last write are serialized
-    /// (and their text kept), the others copied.
-    fn write_to(&mut self, out: &mut impl Write) -> std::io::Result<()> {
-        for entry in self.peers.values_mut() {
-            if let Entry::Record { record, text } = entry
-                && text.is_none()
-            {
-                *text = Some(Arc::from(serde_json::to_string(record)?));
-            }
+    fn capability_id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.capability_ids.get(name) {
+            return *id;
         }
+        let id = self.capability_ids.len() as u32;
+        self.capability_ids.insert(name.to_owned(), id);
+        id
+    }
+
+    fn index(&mut self, record: &PeerRecord, text: Arc<str>) -> Indexed {
+        Indexed {
+            text,
+            last_seen: record.last_seen,
+            expires_at: record.expires_at(),
+            capabilities: record
+                .capabilities
+                .iter()
+                .map(|c| self.capability_id(c))
+                .collect(),
+        }
+    }
+
+    /// Stores `record` (serialized now, so a write only copies text).
+    fn insert(&mut self, record: &PeerRecord) -> Result<(), serde_json::Error> {
+        let text = Arc::from(serde_json::to_string(record)?);
+        let indexed = self.index(record, text);
+        self.peers
+            .insert(record.peer_id.clone(), Entry::Record(indexed));
+        Ok(())
+    }
+
+    /// Writes the file as compact JSON, copying each record's text.
+    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
         out.write_all(b"{\"peers\":{")?;
         for (i, (peer_id, entry)) in self.peers.iter().enumerate() {
             if i > 0 {
@@ -155,7 +182,7 @@ impl RegistryFile {
             serde_json::to_writer(&mut *out, peer_id)?;
             out.write_all(b":")?;
             let text = match entry {
-                Entry::Record { text, .. } => text.as_deref().unwrap_or("null"),
+                Entry::Record(indexed) => &indexed.text,
                 Entry::Unusable(text) => text,
             };
             out.write_all(text.as_bytes())?;
@@ -171,18 +198,68 @@ impl RegistryFile {
         out.write_all(b"}")
     }
 
-    fn record(&self, peer_id: &str) -> Option<&PeerRecord> {
+    /// The served record of `peer_id`, parsed from its text.
+    fn record(&self, peer_id: &str) -> Option<PeerRecord> {
         match self.peers.get(peer_id) {
-            Some(Entry::Record { record, .. }) => Some(record),
+            Some(Entry::Record(indexed)) => parse_indexed(peer_id, indexed),
             _ => None,
         }
     }
 
-    fn records(&self) -> impl Iterator<Item = &PeerRecord> {
-        self.peers.values().filter_map(|e| match e {
-            Entry::Record { record, .. } => Some(record),
+    fn indexed(&self) -> impl Iterator<Item = (&String, &Indexed)> {
+        self.peers.iter().filter_map(|(id, e)| match e {
+            Entry::Record(indexed) => Some((id, indexed)),
             Entry::Unusable(_) => None,
         })
+    }
+
+    /// The records that match `filter`: all of them, or the best `filter.limit`; and how
+    /// many matched. Only the returned records are parsed.
+    fn matching(&self, filter: &PeerFilter) -> (Vec<PeerRecord>, usize) {
+        // A capability no record has cannot match: no id, no records.
+        let wanted: Option<Vec<u32>> = filter
+            .capabilities
+            .iter()
+            .map(|c| self.capability_ids.get(c).copied())
+            .collect();
+        let Some(wanted) = wanted else {
+            return (Vec::new(), 0);
+        };
+        let mut hits: Vec<(f64, &str, &Indexed)> = self
+            .indexed()
+            .filter(|(_, ix)| {
+                filter.admits(ix.expires_at, || {
+                    wanted.iter().all(|w| ix.capabilities.contains(w))
+                })
+            })
+            .map(|(id, ix)| (ix.last_seen, id.as_str(), ix))
+            .collect();
+        let matched = hits.len();
+        let order = |a: &(f64, &str, &Indexed), b: &(f64, &str, &Indexed)| {
+            crate::peer::rank_key_order((a.0, a.1), (b.0, b.1))
+        };
+        if let Some(limit) = filter.limit
+            && limit < hits.len()
+        {
+            if limit == 0 {
+                return (Vec::new(), matched);
+            }
+            hits.select_nth_unstable_by(limit - 1, order);
+            hits.truncate(limit);
+        }
+        hits.sort_unstable_by(order);
+        let records = hits
+            .into_iter()
+            .filter_map(|(_, id, ix)| parse_indexed(id, ix))
+            .collect();
+        (records, matched)
+    }
+
+    fn expired(&self, now: f64) -> Vec<String> {
+        self.indexed()
+            .filter(|(_, ix)| crate::peer::lease_ended(ix.expires_at, now))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     fn unusable_count(&self) -> usize {
@@ -193,11 +270,23 @@ impl RegistryFile {
     }
 }
 
+/// The record behind an index entry. Its text passed every rule when it was stored, so
+/// this fails only on a bug; such a record is logged and skipped rather than served wrong.
+fn parse_indexed(peer_id: &str, indexed: &Indexed) -> Option<PeerRecord> {
+    match serde_json::from_str(&indexed.text) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            tracing::error!(%peer_id, error = %e, "a stored record no longer parses");
+            None
+        }
+    }
+}
+
 /// Parses registry file bytes as a load does and writes them back as a save does;
 /// `None` when the bytes are not a registry file. Public for the fuzz target.
 #[doc(hidden)]
 pub fn reencode_registry_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut file = RegistryFile::parse(bytes).ok()?;
+    let file = RegistryFile::parse(bytes).ok()?;
     let mut out = Vec::new();
     file.write_to(&mut out).ok()?;
     Some(out)
@@ -229,6 +318,7 @@ impl LocalFileRegistry {
             cache: Mutex::new(None),
             notices: Mutex::new(Vec::new()),
             parses: std::sync::atomic::AtomicU64::new(0),
+            parsing: Mutex::new(()),
         };
         {
             let _lock = inner.lock()?;
@@ -315,6 +405,14 @@ impl Inner {
         }
     }
 
+    fn encoding_error(&self, error: serde_json::Error) -> RegistryError {
+        RegistryError::io(
+            "encoding a record for",
+            &self.path,
+            std::io::Error::other(error),
+        )
+    }
+
     fn notice(&self, message: String) {
         tracing::warn!("{message}");
         if let Ok(mut notices) = self.notices.lock() {
@@ -350,6 +448,17 @@ impl Inner {
             .metadata()
             .map_err(|e| RegistryError::io("reading", &self.path, e))?;
         let stamp = Some(FileStamp::of(&meta));
+        if let Some(snapshot) = self.cached()
+            && snapshot.stamp == stamp
+        {
+            return Ok(Ok(snapshot));
+        }
+        // One parse at a time: callers that arrive while a parse of this same version is
+        // under way wait for it instead of holding a second copy of the registry.
+        let _parsing = self
+            .parsing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(snapshot) = self.cached()
             && snapshot.stamp == stamp
         {
@@ -421,7 +530,7 @@ impl Inner {
     /// changed the file; an unchanged file is not rewritten.
     fn modify<T>(
         &self,
-        change: impl FnOnce(&mut RegistryFile) -> (T, bool),
+        change: impl FnOnce(&mut RegistryFile) -> Result<(T, bool), RegistryError>,
     ) -> Result<T, RegistryError> {
         let _lock = self.lock()?;
         let snapshot = self.load_locked()?;
@@ -430,9 +539,16 @@ impl Inner {
         self.set_cache(None);
         let stamp = snapshot.stamp;
         let mut file = snapshot.file;
-        let (answer, changed) = change(Arc::make_mut(&mut file));
+        let (answer, changed) = match change(Arc::make_mut(&mut file)) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The change may be half applied in memory: forget it, keep the file.
+                self.set_cache(None);
+                return Err(e);
+            }
+        };
         if changed {
-            let stamp = self.write_atomically(Arc::make_mut(&mut file))?;
+            let stamp = self.write_atomically(&file)?;
             self.set_cache(Some(Snapshot {
                 stamp: Some(stamp),
                 file,
@@ -444,7 +560,7 @@ impl Inner {
     }
 
     /// Temp file in the same folder, fsync, rename over the data file, fsync the folder.
-    fn write_atomically(&self, content: &mut RegistryFile) -> Result<FileStamp, RegistryError> {
+    fn write_atomically(&self, content: &RegistryFile) -> Result<FileStamp, RegistryError> {
         let dir = parent_dir(&self.path);
         let file_name = self
             .path
@@ -509,11 +625,10 @@ impl PeerRegistry for LocalFileRegistry {
             inner.modify(|file| {
                 let existing = file.record(&record.peer_id);
                 let created = existing.is_none();
-                let mut new = record.stored_over(existing);
+                let mut new = record.stored_over(existing.as_ref());
                 new.source = SOURCE.as_str().to_owned();
-                let answer = stored(&new, created);
-                file.peers.insert(new.peer_id.clone(), Entry::changed(new));
-                (answer, true)
+                file.insert(&new).map_err(|e| inner.encoding_error(e))?;
+                Ok((stored(&new, created), true))
             })
         })
         .await
@@ -530,13 +645,12 @@ impl PeerRegistry for LocalFileRegistry {
         self.blocking(move |inner| {
             inner.modify(|file| {
                 let Some(existing) = file.record(&peer_id) else {
-                    return (None, false);
+                    return Ok((None, false));
                 };
-                let mut new = heartbeat.apply(existing, now);
+                let mut new = heartbeat.apply(&existing, now);
                 new.source = SOURCE.as_str().to_owned();
-                let answer = stored(&new, false);
-                file.peers.insert(peer_id.clone(), Entry::changed(new));
-                (Some(answer), true)
+                file.insert(&new).map_err(|e| inner.encoding_error(e))?;
+                Ok((Some(stored(&new, false)), true))
             })
         })
         .await
@@ -550,12 +664,7 @@ impl PeerRegistry for LocalFileRegistry {
         let filter = filter.clone();
         self.blocking(move |inner| {
             let file = inner.read()?;
-            let mut matched = 0usize;
-            let matching = file
-                .records()
-                .filter(|r| filter.matches(r))
-                .inspect(|_| matched += 1);
-            let peers = crate::peer::top_ranked(matching, filter.limit);
+            let (peers, matched) = file.matching(&filter);
             Ok(Listing {
                 peers,
                 matched,
@@ -569,11 +678,11 @@ impl PeerRegistry for LocalFileRegistry {
         let peer_id = peer_id.to_owned();
         self.blocking(move |inner| {
             inner.modify(|file| {
-                let removed = file.record(&peer_id).is_some();
+                let removed = matches!(file.peers.get(&peer_id), Some(Entry::Record(_)));
                 if removed {
                     file.peers.remove(&peer_id);
                 }
-                (removed, removed)
+                Ok((removed, removed))
             })
         })
         .await
@@ -586,18 +695,11 @@ impl PeerRegistry for LocalFileRegistry {
         _progress: &Progress,
     ) -> Result<Vec<String>, RegistryError> {
         self.blocking(move |inner| {
-            let expired = |file: &RegistryFile| -> Vec<String> {
-                file.records()
-                    .filter(|r| r.is_expired(now))
-                    .map(|r| r.peer_id.clone())
-                    .collect()
-            };
             if dry_run {
-                let file = inner.read()?;
-                return Ok(expired(&file));
+                return Ok(inner.read()?.expired(now));
             }
             inner.modify(|file| {
-                let removed = expired(file);
+                let removed = file.expired(now);
                 for peer_id in &removed {
                     file.peers.remove(peer_id);
                 }
@@ -605,7 +707,7 @@ impl PeerRegistry for LocalFileRegistry {
                     file.last_cleanup = now;
                 }
                 let changed = !removed.is_empty();
-                (removed, changed)
+                Ok((removed, changed))
             })
         })
         .await
