@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufRead, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -105,40 +105,42 @@ struct Indexed {
 }
 
 impl RegistryFile {
-    /// Parses the file. Values are taken as raw text first, so each record is parsed once,
-    /// straight from the file's bytes, checked, indexed, and kept as its text.
-    fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            // An empty file is what a crashed `touch`-then-write leaves; nothing is lost.
-            return Ok(RegistryFile::default());
-        }
-        let top: BTreeMap<String, &RawValue> = serde_json::from_slice(bytes)?;
-        let mut file = RegistryFile::default();
-        for (key, raw) in top {
-            match key.as_str() {
-                "peers" => {
-                    let peers: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())?;
-                    for (peer_id, raw) in peers {
-                        let entry = match serde_json::from_str::<PeerRecord>(raw.get()) {
-                            Ok(record) if record.check().is_ok() && record.peer_id == peer_id => {
-                                let text = Arc::from(raw.get());
-                                Entry::Record(file.index(&record, text))
-                            }
-                            _ => {
-                                tracing::warn!(%peer_id, "registry file holds a record that breaks a rule; it is kept but not served");
-                                Entry::Unusable(Arc::from(raw.get()))
-                            }
-                        };
-                        file.peers.insert(peer_id, entry);
-                    }
+    /// Parses the file as it streams in: each record is read as raw text, checked,
+    /// indexed and kept as its text, so the file's bytes are never all in memory at once.
+    fn parse(input: impl Read) -> Result<Self, serde_json::Error> {
+        let mut input = std::io::BufReader::with_capacity(256 * 1024, input);
+        // An empty (or blank) file is what a crashed `touch`-then-write leaves: nothing
+        // is lost, it is an empty registry.
+        loop {
+            let buffered = input.fill_buf().map_err(serde_json::Error::io)?;
+            match buffered.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(_) => break,
+                None if buffered.is_empty() => return Ok(RegistryFile::default()),
+                None => {
+                    let n = buffered.len();
+                    input.consume(n);
                 }
-                "last_cleanup" => {
-                    file.last_cleanup = serde_json::from_str(raw.get()).unwrap_or(0.0)
-                }
-                _ => file.other.push((key, Arc::from(raw.get()))),
             }
         }
+        let mut deserializer = serde_json::Deserializer::from_reader(input);
+        let file = serde::de::Deserializer::deserialize_map(&mut deserializer, FileVisitor)?;
+        deserializer.end()?;
         Ok(file)
+    }
+
+    /// Adds one entry of `peers`, read as raw text.
+    fn add_raw(&mut self, peer_id: String, raw: Box<RawValue>) {
+        let entry = match serde_json::from_str::<PeerRecord>(raw.get()) {
+            Ok(record) if record.check().is_ok() && record.peer_id == peer_id => {
+                let text = Arc::from(raw.get());
+                Entry::Record(self.index(&record, text))
+            }
+            _ => {
+                tracing::warn!(%peer_id, "registry file holds a record that breaks a rule; it is kept but not served");
+                Entry::Unusable(Arc::from(raw.get()))
+            }
+        };
+        self.peers.insert(peer_id, entry);
     }
 
     fn capability_id(&mut self, name: &str) -> u32 {
@@ -267,6 +269,62 @@ impl RegistryFile {
             .values()
             .filter(|e| matches!(e, Entry::Unusable(_)))
             .count()
+    }
+}
+
+/// Reads the top-level object of the file.
+struct FileVisitor;
+
+impl<'de> serde::de::Visitor<'de> for FileVisitor {
+    type Value = RegistryFile;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a registry file object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RegistryFile, A::Error> {
+        let mut file = RegistryFile::default();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "peers" => map.next_value_seed(PeersSeed(&mut file))?,
+                "last_cleanup" => {
+                    let raw: Box<RawValue> = map.next_value()?;
+                    file.last_cleanup = serde_json::from_str(raw.get()).unwrap_or(0.0);
+                }
+                _ => {
+                    let raw: Box<RawValue> = map.next_value()?;
+                    file.other.push((key, Arc::from(raw.get())));
+                }
+            }
+        }
+        Ok(file)
+    }
+}
+
+/// Reads `peers` one entry at a time into the file.
+struct PeersSeed<'a>(&'a mut RegistryFile);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PeersSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PeersSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of peer records")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(peer_id) = map.next_key::<String>()? {
+            let raw: Box<RawValue> = map.next_value()?;
+            self.0.add_raw(peer_id, raw);
+        }
+        Ok(())
     }
 }
 
@@ -466,10 +524,17 @@ impl Inner {
         }
         self.parses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.read_to_end(&mut bytes)
-            .map_err(|e| RegistryError::io("reading", &self.path, e))?;
-        Ok(RegistryFile::parse(&bytes).map(|parsed| {
+        let parsed = RegistryFile::parse(&mut file);
+        if let Err(e) = &parsed
+            && e.is_io()
+        {
+            return Err(RegistryError::io(
+                "reading",
+                &self.path,
+                std::io::Error::other(e.to_string()),
+            ));
+        }
+        Ok(parsed.map(|parsed| {
             let snapshot = Snapshot {
                 stamp,
                 file: Arc::new(parsed),
