@@ -129,7 +129,7 @@ impl RegistryFile {
     }
 
     /// Adds one entry of `peers`, read as raw text.
-    fn add_raw(&mut self, peer_id: String, raw: Box<RawValue>) {
+    fn add_raw(&mut self, peer_id: String, raw: &RawValue) {
         let entry = match serde_json::from_str::<PeerRecord>(raw.get()) {
             Ok(record) if record.check().is_ok() && record.peer_id == peer_id => {
                 let text = Arc::from(raw.get());
@@ -322,7 +322,7 @@ impl<'de> serde::de::Visitor<'de> for PeersSeed<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(peer_id) = map.next_key::<String>()? {
             let raw: Box<RawValue> = map.next_value()?;
-            self.0.add_raw(peer_id, raw);
+            self.0.add_raw(peer_id, &raw);
         }
         Ok(())
     }
