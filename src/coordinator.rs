@@ -85,12 +85,25 @@ pub struct SourceOutcome {
     pub written: Option<bool>,
 }
 
+impl SourceStatus {
+    /// The status as it appears on the wire (`rate_limited`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceStatus::Ok => "ok",
+            SourceStatus::Error => "error",
+            SourceStatus::Disabled => "disabled",
+            SourceStatus::RateLimited => "rate_limited",
+            SourceStatus::Timeout => "timeout",
+        }
+    }
+}
+
 impl SourceOutcome {
-    fn ok(count: usize) -> Self {
+    fn with_status(status: SourceStatus) -> Self {
         SourceOutcome {
-            status: SourceStatus::Ok,
+            status,
             detail: None,
-            count: Some(count as u64),
+            count: None,
             rejected: None,
             issue_number: None,
             retry_after_seconds: None,
@@ -98,15 +111,17 @@ impl SourceOutcome {
         }
     }
 
+    fn ok(count: usize) -> Self {
+        SourceOutcome {
+            count: Some(count as u64),
+            ..Self::with_status(SourceStatus::Ok)
+        }
+    }
+
     fn disabled(reason: &str) -> Self {
         SourceOutcome {
-            status: SourceStatus::Disabled,
             detail: Some(reason.to_owned()),
-            count: None,
-            rejected: None,
-            issue_number: None,
-            retry_after_seconds: None,
-            written: None,
+            ..Self::with_status(SourceStatus::Disabled)
         }
     }
 
@@ -119,13 +134,9 @@ impl SourceOutcome {
             _ => (SourceStatus::Error, None),
         };
         SourceOutcome {
-            status,
             detail: Some(error.to_string()),
-            count: None,
-            rejected: None,
-            issue_number: None,
             retry_after_seconds,
-            written: None,
+            ..Self::with_status(status)
         }
     }
 
@@ -175,10 +186,7 @@ impl Outcomes {
     fn describe(&self) -> String {
         self.iter()
             .map(|(s, o)| {
-                let status = serde_json::to_value(o.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
+                let status = o.status.as_str();
                 match &o.detail {
                     Some(d) => format!("{s}: {status} ({d})"),
                     None => format!("{s}: {status}"),

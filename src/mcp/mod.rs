@@ -22,7 +22,7 @@ use serde_json::{Number, Value};
 
 pub use args::*;
 
-use crate::coordinator::{CallError, Coordinator, Outcomes, SourceStatus};
+use crate::coordinator::{CallError, Coordinator, Outcomes};
 use crate::peer::{Announcement, Heartbeat};
 use crate::registry::{Progress, SourceName};
 
@@ -58,14 +58,8 @@ fn sources_note(outcomes: &Outcomes) -> String {
         .into_iter()
         .filter_map(|s| {
             outcomes.get(s).map(|o| {
-                let status = match o.status {
-                    SourceStatus::Ok => "ok",
-                    SourceStatus::Error => "error",
-                    SourceStatus::Disabled => "disabled",
-                    SourceStatus::RateLimited => "rate limited",
-                    SourceStatus::Timeout => "timeout",
-                };
-                format!("{s}: {status}")
+                // Prose in the summary line: "rate limited", not "rate_limited".
+                format!("{s}: {}", o.status.as_str().replace('_', " "))
             })
         })
         .collect::<Vec<_>>()

@@ -596,14 +596,8 @@ impl GitHubIssuesRegistry {
         if !issue.has_label(LABEL_REGISTRY) {
             return Err(format!("it lacks the `{LABEL_REGISTRY}` label"));
         }
-        let author = issue.user.as_ref().map_or("", |u| u.login.as_str());
-        if !self.settings.trusted_authors.is_empty()
-            && !self
-                .settings
-                .trusted_authors
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(author))
-        {
+        if !self.trusted(issue) {
+            let author = issue.user.as_ref().map_or("", |u| u.login.as_str());
             return Err(format!("its author `{author}` is not a trusted author"));
         }
         let title_id = issue.title_peer_id().ok_or_else(|| {
