@@ -437,11 +437,15 @@ pub fn lease_ended(expires_at: f64, now: f64) -> bool {
 
 /// How discover ranks peers: newest `last_seen` first, ties by `peer_id`.
 pub fn rank_order(a: &PeerRecord, b: &PeerRecord) -> std::cmp::Ordering {
-    rank_key_order((a.last_seen, &a.peer_id), (b.last_seen, &b.peer_id))
+    rank_key_order(
+        (a.last_seen, a.peer_id.as_str()),
+        (b.last_seen, b.peer_id.as_str()),
+    )
 }
 
-/// [`rank_order`] on `(last_seen, peer_id)` alone, for sources that rank an index.
-pub fn rank_key_order(a: (f64, &str), b: (f64, &str)) -> std::cmp::Ordering {
+/// [`rank_order`] on `(last_seen, peer_id)` alone, for sources that rank an index (the id
+/// as text or as its UTF-8 bytes, which order alike).
+pub fn rank_key_order<K: Ord + ?Sized>(a: (f64, &K), b: (f64, &K)) -> std::cmp::Ordering {
     b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1))
 }
 

@@ -11,19 +11,26 @@
 //! - a file that does not parse is renamed to `<file>.corrupt-<unix time>` and reported,
 //!   never overwritten; records that break a rule are kept in the file but not served;
 //! - a parsed file is cached and re-read only when its inode, size or mtime change.
+//!
+//! The parsed file is a [`format::RegistryFile`] (the file's layout, streamed in and
+//! written back) over a [`table::PeerTable`] (the records, held compactly).
 
-use std::collections::{BTreeMap, HashMap};
+mod format;
+mod table;
+
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use serde_json::value::RawValue;
 
 use super::{Listing, PeerRegistry, Progress, RegistryError, SourceName, Stored};
 use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
+use format::RegistryFile;
+#[doc(hidden)]
+pub use format::reencode_registry_bytes;
 
 /// The registry file on disk, as a cheap cloneable handle.
 #[derive(Clone)]
@@ -70,284 +77,6 @@ impl FileStamp {
             inode,
         }
     }
-}
-
-/// The whole file, held compactly: each record as its JSON text plus the few fields a
-/// discover or a cleanup looks at; a `PeerRecord` is parsed from the text only for the
-/// records an answer returns or a write changes. Unknown top-level keys are kept as
-/// they were written.
-#[derive(Debug, Clone, Default)]
-struct RegistryFile {
-    peers: BTreeMap<String, Entry>,
-    last_cleanup: f64,
-    other: Vec<(String, Arc<str>)>,
-    /// Capability names as small numbers, so each record's list is a few bytes.
-    capability_ids: HashMap<String, u32>,
-}
-
-/// One value of `peers`.
-#[derive(Debug, Clone)]
-enum Entry {
-    /// A record this server serves (it passed every rule when it was read or written).
-    Record(Indexed),
-    /// Anything else: kept in the file as written (someone else wrote it), never served.
-    Unusable(Arc<str>),
-}
-
-/// A served record: its JSON text (copied as is by every write that does not change it)
-/// and what filtering and ranking need.
-#[derive(Debug, Clone)]
-struct Indexed {
-    text: Arc<str>,
-    last_seen: f64,
-    expires_at: f64,
-    capabilities: Box<[u32]>,
-}
-
-impl RegistryFile {
-    /// Parses the file as it streams in: each record is read as raw text, checked,
-    /// indexed and kept as its text, so the file's bytes are never all in memory at once.
-    fn parse(input: impl Read) -> Result<Self, serde_json::Error> {
-        let mut input = std::io::BufReader::with_capacity(256 * 1024, input);
-        // An empty (or blank) file is what a crashed `touch`-then-write leaves: nothing
-        // is lost, it is an empty registry.
-        loop {
-            let buffered = input.fill_buf().map_err(serde_json::Error::io)?;
-            match buffered.iter().position(|b| !b.is_ascii_whitespace()) {
-                Some(_) => break,
-                None if buffered.is_empty() => return Ok(RegistryFile::default()),
-                None => {
-                    let n = buffered.len();
-                    input.consume(n);
-                }
-            }
-        }
-        let mut deserializer = serde_json::Deserializer::from_reader(input);
-        let file = serde::de::Deserializer::deserialize_map(&mut deserializer, FileVisitor)?;
-        deserializer.end()?;
-        Ok(file)
-    }
-
-    /// Adds one entry of `peers`, read as raw text.
-    fn add_raw(&mut self, peer_id: String, raw: &RawValue) {
-        let entry = match serde_json::from_str::<PeerRecord>(raw.get()) {
-            Ok(record) if record.check().is_ok() && record.peer_id == peer_id => {
-                let text = Arc::from(raw.get());
-                Entry::Record(self.index(&record, text))
-            }
-            _ => {
-                tracing::warn!(%peer_id, "registry file holds a record that breaks a rule; it is kept but not served");
-                Entry::Unusable(Arc::from(raw.get()))
-            }
-        };
-        self.peers.insert(peer_id, entry);
-    }
-
-    fn capability_id(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.capability_ids.get(name) {
-            return *id;
-        }
-        let id = self.capability_ids.len() as u32;
-        self.capability_ids.insert(name.to_owned(), id);
-        id
-    }
-
-    fn index(&mut self, record: &PeerRecord, text: Arc<str>) -> Indexed {
-        Indexed {
-            text,
-            last_seen: record.last_seen,
-            expires_at: record.expires_at(),
-            capabilities: record
-                .capabilities
-                .iter()
-                .map(|c| self.capability_id(c))
-                .collect(),
-        }
-    }
-
-    /// Stores `record` (serialized now, so a write only copies text).
-    fn insert(&mut self, record: &PeerRecord) -> Result<(), serde_json::Error> {
-        let text = Arc::from(serde_json::to_string(record)?);
-        let indexed = self.index(record, text);
-        self.peers
-            .insert(record.peer_id.clone(), Entry::Record(indexed));
-        Ok(())
-    }
-
-    /// Writes the file as compact JSON, copying each record's text.
-    fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
-        out.write_all(b"{\"peers\":{")?;
-        for (i, (peer_id, entry)) in self.peers.iter().enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            serde_json::to_writer(&mut *out, peer_id)?;
-            out.write_all(b":")?;
-            let text = match entry {
-                Entry::Record(indexed) => &indexed.text,
-                Entry::Unusable(text) => text,
-            };
-            out.write_all(text.as_bytes())?;
-        }
-        out.write_all(b"},\"last_cleanup\":")?;
-        serde_json::to_writer(&mut *out, &self.last_cleanup)?;
-        for (key, text) in &self.other {
-            out.write_all(b",")?;
-            serde_json::to_writer(&mut *out, key)?;
-            out.write_all(b":")?;
-            out.write_all(text.as_bytes())?;
-        }
-        out.write_all(b"}")
-    }
-
-    /// The served record of `peer_id`, parsed from its text.
-    fn record(&self, peer_id: &str) -> Option<PeerRecord> {
-        match self.peers.get(peer_id) {
-            Some(Entry::Record(indexed)) => parse_indexed(peer_id, indexed),
-            _ => None,
-        }
-    }
-
-    fn indexed(&self) -> impl Iterator<Item = (&String, &Indexed)> {
-        self.peers.iter().filter_map(|(id, e)| match e {
-            Entry::Record(indexed) => Some((id, indexed)),
-            Entry::Unusable(_) => None,
-        })
-    }
-
-    /// The records that match `filter`: all of them, or the best `filter.limit`; and how
-    /// many matched. Only the returned records are parsed.
-    fn matching(&self, filter: &PeerFilter) -> (Vec<PeerRecord>, usize) {
-        // A capability no record has cannot match: no id, no records.
-        let wanted: Option<Vec<u32>> = filter
-            .capabilities
-            .iter()
-            .map(|c| self.capability_ids.get(c).copied())
-            .collect();
-        let Some(wanted) = wanted else {
-            return (Vec::new(), 0);
-        };
-        let mut hits: Vec<(f64, &str, &Indexed)> = self
-            .indexed()
-            .filter(|(_, ix)| {
-                filter.admits(ix.expires_at, || {
-                    wanted.iter().all(|w| ix.capabilities.contains(w))
-                })
-            })
-            .map(|(id, ix)| (ix.last_seen, id.as_str(), ix))
-            .collect();
-        let matched = hits.len();
-        let order = |a: &(f64, &str, &Indexed), b: &(f64, &str, &Indexed)| {
-            crate::peer::rank_key_order((a.0, a.1), (b.0, b.1))
-        };
-        if let Some(limit) = filter.limit
-            && limit < hits.len()
-        {
-            if limit == 0 {
-                return (Vec::new(), matched);
-            }
-            hits.select_nth_unstable_by(limit - 1, order);
-            hits.truncate(limit);
-        }
-        hits.sort_unstable_by(order);
-        let records = hits
-            .into_iter()
-            .filter_map(|(_, id, ix)| parse_indexed(id, ix))
-            .collect();
-        (records, matched)
-    }
-
-    fn expired(&self, now: f64) -> Vec<String> {
-        self.indexed()
-            .filter(|(_, ix)| crate::peer::lease_ended(ix.expires_at, now))
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    fn unusable_count(&self) -> usize {
-        self.peers
-            .values()
-            .filter(|e| matches!(e, Entry::Unusable(_)))
-            .count()
-    }
-}
-
-/// Reads the top-level object of the file.
-struct FileVisitor;
-
-impl<'de> serde::de::Visitor<'de> for FileVisitor {
-    type Value = RegistryFile;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a registry file object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RegistryFile, A::Error> {
-        let mut file = RegistryFile::default();
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "peers" => map.next_value_seed(PeersSeed(&mut file))?,
-                "last_cleanup" => {
-                    let raw: Box<RawValue> = map.next_value()?;
-                    file.last_cleanup = serde_json::from_str(raw.get()).unwrap_or(0.0);
-                }
-                _ => {
-                    let raw: Box<RawValue> = map.next_value()?;
-                    file.other.push((key, Arc::from(raw.get())));
-                }
-            }
-        }
-        Ok(file)
-    }
-}
-
-/// Reads `peers` one entry at a time into the file.
-struct PeersSeed<'a>(&'a mut RegistryFile);
-
-impl<'de> serde::de::DeserializeSeed<'de> for PeersSeed<'_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for PeersSeed<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an object of peer records")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(peer_id) = map.next_key::<String>()? {
-            let raw: Box<RawValue> = map.next_value()?;
-            self.0.add_raw(peer_id, &raw);
-        }
-        Ok(())
-    }
-}
-
-/// The record behind an index entry. Its text passed every rule when it was stored, so
-/// this fails only on a bug; such a record is logged and skipped rather than served wrong.
-fn parse_indexed(peer_id: &str, indexed: &Indexed) -> Option<PeerRecord> {
-    match serde_json::from_str(&indexed.text) {
-        Ok(record) => Some(record),
-        Err(e) => {
-            tracing::error!(%peer_id, error = %e, "a stored record no longer parses");
-            None
-        }
-    }
-}
-
-/// Parses registry file bytes as a load does and writes them back as a save does;
-/// `None` when the bytes are not a registry file. Public for the fuzz target.
-#[doc(hidden)]
-pub fn reencode_registry_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
-    let file = RegistryFile::parse(bytes).ok()?;
-    let mut out = Vec::new();
-    file.write_to(&mut out).ok()?;
-    Some(out)
 }
 
 impl LocalFileRegistry {
@@ -524,7 +253,7 @@ impl Inner {
         }
         self.parses
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let parsed = RegistryFile::parse(&mut file);
+        let parsed = RegistryFile::parse(&mut file, usize::try_from(meta.len()).unwrap_or(0));
         if let Err(e) = &parsed
             && e.is_io()
         {
@@ -688,11 +417,13 @@ impl PeerRegistry for LocalFileRegistry {
     async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
         self.blocking(move |inner| {
             inner.modify(|file| {
-                let existing = file.record(&record.peer_id);
+                let existing = file.peers.record(&record.peer_id);
                 let created = existing.is_none();
                 let mut new = record.stored_over(existing.as_ref());
                 new.source = SOURCE.as_str().to_owned();
-                file.insert(&new).map_err(|e| inner.encoding_error(e))?;
+                file.peers
+                    .upsert(&new)
+                    .map_err(|e| inner.encoding_error(e))?;
                 Ok((stored(&new, created), true))
             })
         })
@@ -709,12 +440,14 @@ impl PeerRegistry for LocalFileRegistry {
         let heartbeat = heartbeat.clone();
         self.blocking(move |inner| {
             inner.modify(|file| {
-                let Some(existing) = file.record(&peer_id) else {
+                let Some(existing) = file.peers.record(&peer_id) else {
                     return Ok((None, false));
                 };
                 let mut new = heartbeat.apply(&existing, now);
                 new.source = SOURCE.as_str().to_owned();
-                file.insert(&new).map_err(|e| inner.encoding_error(e))?;
+                file.peers
+                    .upsert(&new)
+                    .map_err(|e| inner.encoding_error(e))?;
                 Ok((Some(stored(&new, false)), true))
             })
         })
@@ -729,11 +462,11 @@ impl PeerRegistry for LocalFileRegistry {
         let filter = filter.clone();
         self.blocking(move |inner| {
             let file = inner.read()?;
-            let (peers, matched) = file.matching(&filter);
+            let (peers, matched) = file.peers.matching(&filter);
             Ok(Listing {
                 peers,
                 matched,
-                rejected: file.unusable_count(),
+                rejected: file.peers.unusable_count(),
             })
         })
         .await
@@ -743,10 +476,7 @@ impl PeerRegistry for LocalFileRegistry {
         let peer_id = peer_id.to_owned();
         self.blocking(move |inner| {
             inner.modify(|file| {
-                let removed = matches!(file.peers.get(&peer_id), Some(Entry::Record(_)));
-                if removed {
-                    file.peers.remove(&peer_id);
-                }
+                let removed = file.peers.serves(&peer_id) && file.peers.remove(&peer_id);
                 Ok((removed, removed))
             })
         })
@@ -761,10 +491,10 @@ impl PeerRegistry for LocalFileRegistry {
     ) -> Result<Vec<String>, RegistryError> {
         self.blocking(move |inner| {
             if dry_run {
-                return Ok(inner.read()?.expired(now));
+                return Ok(inner.read()?.peers.expired(now));
             }
             inner.modify(|file| {
-                let removed = file.expired(now);
+                let removed = file.peers.expired(now);
                 for peer_id in &removed {
                     file.peers.remove(peer_id);
                 }

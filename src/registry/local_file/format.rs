@@ -1,0 +1,149 @@
+//! [`RegistryFile`]: what the registry file holds, read as it streams in and written back.
+//!
+//! Format: `{"peers": {"<peer_id>": {record}}, "last_cleanup": <unix seconds>}`; unknown
+//! top-level keys are kept as they were written.
+
+use std::io::{BufRead, Read, Write};
+
+use serde_json::value::RawValue;
+
+use super::table::PeerTable;
+use crate::peer::PeerRecord;
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct RegistryFile {
+    pub(super) peers: PeerTable,
+    pub(super) last_cleanup: f64,
+    other: Vec<(String, Box<RawValue>)>,
+}
+
+impl RegistryFile {
+    /// Parses the file as it streams in: each record is read as raw text, checked, and
+    /// kept as its text in the table, so the file's bytes are never all in memory at
+    /// once. `size` (the file's length) sizes the table's arena.
+    pub(super) fn parse(input: impl Read, size: usize) -> Result<Self, serde_json::Error> {
+        let mut input = std::io::BufReader::with_capacity(256 * 1024, input);
+        // An empty (or blank) file is what a crashed `touch`-then-write leaves: nothing
+        // is lost, it is an empty registry.
+        loop {
+            let buffered = input.fill_buf().map_err(serde_json::Error::io)?;
+            match buffered.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(_) => break,
+                None if buffered.is_empty() => return Ok(RegistryFile::default()),
+                None => {
+                    let n = buffered.len();
+                    input.consume(n);
+                }
+            }
+        }
+        let mut deserializer = serde_json::Deserializer::from_reader(input);
+        let file = serde::de::Deserializer::deserialize_map(
+            &mut deserializer,
+            FileVisitor {
+                arena_capacity: size,
+            },
+        )?;
+        deserializer.end()?;
+        Ok(file)
+    }
+
+    /// Writes the file as compact JSON, copying each record's text.
+    pub(super) fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
+        out.write_all(b"{\"peers\":{")?;
+        for (i, (peer_id, text)) in self.peers.entries().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, &*peer_id)?;
+            out.write_all(b":")?;
+            out.write_all(text)?;
+        }
+        out.write_all(b"},\"last_cleanup\":")?;
+        serde_json::to_writer(&mut *out, &self.last_cleanup)?;
+        for (key, value) in &self.other {
+            out.write_all(b",")?;
+            serde_json::to_writer(&mut *out, key)?;
+            out.write_all(b":")?;
+            out.write_all(value.get().as_bytes())?;
+        }
+        out.write_all(b"}")
+    }
+}
+
+/// Reads the top-level object of the file.
+struct FileVisitor {
+    arena_capacity: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for FileVisitor {
+    type Value = RegistryFile;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a registry file object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RegistryFile, A::Error> {
+        let mut file = RegistryFile {
+            peers: PeerTable::with_capacity(self.arena_capacity),
+            ..RegistryFile::default()
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "peers" => map.next_value_seed(PeersSeed(&mut file.peers))?,
+                "last_cleanup" => {
+                    let raw: Box<RawValue> = map.next_value()?;
+                    file.last_cleanup = serde_json::from_str(raw.get()).unwrap_or(0.0);
+                }
+                _ => file.other.push((key, map.next_value()?)),
+            }
+        }
+        file.peers.finish_load();
+        Ok(file)
+    }
+}
+
+/// Reads `peers` one entry at a time into the table.
+struct PeersSeed<'a>(&'a mut PeerTable);
+
+impl<'de> serde::de::DeserializeSeed<'de> for PeersSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PeersSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object of peer records")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(peer_id) = map.next_key::<String>()? {
+            let raw: Box<RawValue> = map.next_value()?;
+            let record = match serde_json::from_str::<PeerRecord>(raw.get()) {
+                Ok(record) if record.check().is_ok() && record.peer_id == peer_id => Some(record),
+                _ => {
+                    tracing::warn!(%peer_id, "registry file holds a record that breaks a rule; it is kept but not served");
+                    None
+                }
+            };
+            self.0
+                .push_loaded(&peer_id, raw.get(), record.as_ref())
+                .map_err(serde::de::Error::custom)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses registry file bytes as a load does and writes them back as a save does;
+/// `None` when the bytes are not a registry file. Public for the fuzz target.
+#[doc(hidden)]
+pub fn reencode_registry_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+    let file = RegistryFile::parse(bytes, bytes.len()).ok()?;
+    let mut out = Vec::new();
+    file.write_to(&mut out).ok()?;
+    Some(out)
+}
