@@ -121,6 +121,35 @@ impl Session {
         }
     }
 
+    /// `calls` requests written at once (as a busy client or several agents behind one
+    /// server would), timed until the last answer is read.
+    fn burst(&mut self, calls: Vec<(String, Value)>) -> Duration {
+        let first_id = self.next_id;
+        let mut lines = Vec::new();
+        for (tool, arguments) in &calls {
+            let request = json!({"jsonrpc":"2.0","id":self.next_id,"method":"tools/call",
+                "params":{"name": tool, "arguments": arguments}});
+            self.next_id += 1;
+            lines.extend(serde_json::to_vec(&request).expect("json"));
+            lines.push(b'\n');
+        }
+        let started = Instant::now();
+        self.stdin.write_all(&lines).expect("write");
+        self.stdin.flush().expect("flush");
+        let mut answered = 0;
+        while answered < calls.len() {
+            let answer: Value = serde_json::from_str(&self.read_line()).expect("answer is JSON");
+            if answer["id"].as_u64().is_some_and(|id| id >= first_id) {
+                assert_eq!(
+                    answer["result"]["isError"], false,
+                    "burst call failed: {answer}"
+                );
+                answered += 1;
+            }
+        }
+        started.elapsed()
+    }
+
     fn call(&mut self, tool: &str, arguments: Value) -> (Duration, Value) {
         let (took, answer) =
             self.round_trip("tools/call", json!({"name": tool, "arguments": arguments}));
@@ -242,6 +271,22 @@ fn bench_local(args: &Args, n: usize) -> (Vec<Row>, f64, Duration) {
         p50,
         p99,
         extra: String::new(),
+    });
+    const BURST: usize = 32;
+    let (p50, p99) = measure(&mut s, (args.calls / 20).max(20), |s, i| {
+        let calls = (0..BURST)
+            .map(|k| {
+                let peer_id = format!("peer-{:06}", (i * BURST + k) % n);
+                ("update_peer".to_owned(), json!({"peer_id": peer_id}))
+            })
+            .collect();
+        s.burst(calls)
+    });
+    rows.push(Row {
+        operation: format!("{BURST} update_peer written at once (group commit), whole burst"),
+        p50,
+        p99,
+        extra: format!("{} ms per call", ms(p50 / BURST as u32)),
     });
     let rss = s.peak_rss_mib();
     s.close();

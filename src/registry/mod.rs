@@ -120,6 +120,32 @@ pub enum RegistryError {
     Remote(String),
 }
 
+/// A copy for each of the callers that one failure answers (a batch of local file writes
+/// fails together). `std::io::Error` is not `Clone`; its kind and message are what the
+/// callers see, so the copy keeps those.
+impl Clone for RegistryError {
+    fn clone(&self) -> Self {
+        match self {
+            RegistryError::Io {
+                action,
+                path,
+                source,
+            } => RegistryError::Io {
+                action,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            RegistryError::Timeout(after) => RegistryError::Timeout(*after),
+            RegistryError::RateLimited {
+                retry_after_seconds,
+            } => RegistryError::RateLimited {
+                retry_after_seconds: *retry_after_seconds,
+            },
+            RegistryError::Remote(message) => RegistryError::Remote(message.clone()),
+        }
+    }
+}
+
 impl RegistryError {
     pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         RegistryError::Io {

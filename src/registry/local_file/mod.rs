@@ -48,6 +48,73 @@ struct Inner {
     parses: std::sync::atomic::AtomicU64,
     /// Held while the file is parsed.
     parsing: Mutex<()>,
+    /// Changes waiting for the next write (group commit).
+    queue: Mutex<WriteQueue>,
+    /// How many times the file was written (a batch of changes is one write).
+    writes: std::sync::atomic::AtomicU64,
+}
+
+/// Group commit: changes that arrive while the file is being written wait here and then
+/// share the next write (one lock, one rewrite, one fsync) instead of queueing one each.
+#[derive(Default)]
+struct WriteQueue {
+    pending: Vec<Box<dyn Pending>>,
+    /// A blocking thread is writing batches; a new change only needs to join the queue.
+    writing: bool,
+}
+
+/// A queued change, its answer type erased.
+trait Pending: Send {
+    /// Applies the change to the file; whether it changed anything. A change that fails
+    /// must leave the file as it was (the others of its batch are still written).
+    fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> bool;
+    /// Answers the caller once the batch's outcome is known: `written` is `Ok` when the
+    /// write that holds the change is durable, or none was needed.
+    fn answer(self: Box<Self>, written: Result<(), RegistryError>);
+}
+
+/// A change and the caller waiting for its answer.
+struct Waiting<T, F> {
+    change: Option<F>,
+    outcome: Option<Result<T, RegistryError>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, RegistryError>>,
+}
+
+impl<T, F> Pending for Waiting<T, F>
+where
+    T: Send,
+    F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), RegistryError> + Send,
+{
+    fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> bool {
+        let Some(change) = self.change.take() else {
+            return false;
+        };
+        match change(inner, file) {
+            Ok((answer, changed)) => {
+                self.outcome = Some(Ok(answer));
+                changed
+            }
+            Err(e) => {
+                self.outcome = Some(Err(e));
+                false
+            }
+        }
+    }
+
+    fn answer(self: Box<Self>, written: Result<(), RegistryError>) {
+        let answer = match (self.outcome, written) {
+            // The change's own failure is its answer, whatever happened to the batch.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(answer)), Ok(())) => Ok(answer),
+            // The batch could not be read, or its write failed: nothing of it is durable.
+            (_, Err(e)) => Err(e),
+            (None, Ok(())) => Err(RegistryError::Remote(
+                "a registry change was never applied".to_owned(),
+            )),
+        };
+        // The caller may have given up (a source timeout); the change stands anyway.
+        let _ = self.reply.send(answer);
+    }
 }
 
 #[derive(Clone)]
@@ -106,6 +173,8 @@ impl LocalFileRegistry {
             notices: Mutex::new(Vec::new()),
             parses: std::sync::atomic::AtomicU64::new(0),
             parsing: Mutex::new(()),
+            queue: Mutex::new(WriteQueue::default()),
+            writes: std::sync::atomic::AtomicU64::new(0),
         };
         {
             let _lock = inner.lock()?;
@@ -135,6 +204,35 @@ impl LocalFileRegistry {
         tokio::task::spawn_blocking(move || job(&inner))
             .await
             .map_err(|e| RegistryError::Remote(format!("local file task failed: {e}")))?
+    }
+
+    /// Queues `change` for the next write and waits until that write is durable (or
+    /// failed). `change` returns its answer and whether it changed the file; a batch in
+    /// which nothing changed is not written.
+    async fn commit<T, F>(&self, change: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), RegistryError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queue = self.inner.queue();
+            queue.pending.push(Box::new(Waiting {
+                change: Some(change),
+                outcome: None,
+                reply,
+            }));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if lead {
+            let inner = Arc::clone(&self.inner);
+            tokio::task::spawn_blocking(move || inner.write_queued());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(RegistryError::Remote(
+                "the local file writer stopped before answering".to_owned(),
+            ))
+        })
     }
 }
 
@@ -320,12 +418,47 @@ impl Inner {
         }
     }
 
-    /// One read-modify-write under the lock. `change` returns its answer and whether it
-    /// changed the file; an unchanged file is not rewritten.
-    fn modify<T>(
-        &self,
-        change: impl FnOnce(&mut RegistryFile) -> Result<(T, bool), RegistryError>,
-    ) -> Result<T, RegistryError> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, WriteQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes queued changes, a batch at a time, until the queue is empty. Runs on one
+    /// blocking thread at a time (the one whose caller found no writer running).
+    fn write_queued(&self) {
+        // A change that panics (a bug) must not leave the queue marked as being written
+        // forever: the callers waiting in it get an error, and the next change writes.
+        struct Unstick<'a>(&'a Inner);
+        impl Drop for Unstick<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut queue = self.0.queue();
+                    queue.pending.clear();
+                    queue.writing = false;
+                }
+            }
+        }
+        let _unstick = Unstick(self);
+        loop {
+            let mut batch = {
+                let mut queue = self.queue();
+                if queue.pending.is_empty() {
+                    queue.writing = false;
+                    return;
+                }
+                std::mem::take(&mut queue.pending)
+            };
+            let written = self.apply_and_write(&mut batch);
+            for change in batch {
+                change.answer(written.clone());
+            }
+        }
+    }
+
+    /// One read-modify-write under the lock for a whole batch of changes, in the order
+    /// they were queued; the file is written once if any of them changed it.
+    fn apply_and_write(&self, batch: &mut [Box<dyn Pending>]) -> Result<(), RegistryError> {
         let _lock = self.lock()?;
         let snapshot = self.load_locked()?;
         // Drop our cache's reference so that, with no reader holding the old version,
@@ -333,16 +466,15 @@ impl Inner {
         self.set_cache(None);
         let stamp = snapshot.stamp;
         let mut file = snapshot.file;
-        let (answer, changed) = match change(Arc::make_mut(&mut file)) {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                // The change may be half applied in memory: forget it, keep the file.
-                self.set_cache(None);
-                return Err(e);
-            }
-        };
+        let content = Arc::make_mut(&mut file);
+        let mut changed = false;
+        for change in batch.iter_mut() {
+            changed |= change.apply(self, content);
+        }
         if changed {
-            let stamp = self.write_atomically(&file)?;
+            let stamp = self.write_atomically(&file, batch.len())?;
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.set_cache(Some(Snapshot {
                 stamp: Some(stamp),
                 file,
@@ -350,11 +482,15 @@ impl Inner {
         } else {
             self.set_cache(Some(Snapshot { stamp, file }));
         }
-        Ok(answer)
+        Ok(())
     }
 
     /// Temp file in the same folder, fsync, rename over the data file, fsync the folder.
-    fn write_atomically(&self, content: &RegistryFile) -> Result<FileStamp, RegistryError> {
+    fn write_atomically(
+        &self,
+        content: &RegistryFile,
+        changes: usize,
+    ) -> Result<FileStamp, RegistryError> {
         let dir = parent_dir(&self.path);
         let file_name = self
             .path
@@ -381,6 +517,7 @@ impl Inner {
         temp.as_file().sync_all().map_err(io("syncing"))?;
         tracing::debug!(
             peers = content.peers.len(),
+            changes,
             write_ms = written.as_secs_f64() * 1000.0,
             sync_ms = (started.elapsed() - written).as_secs_f64() * 1000.0,
             "registry file written"
@@ -415,17 +552,15 @@ impl PeerRegistry for LocalFileRegistry {
     }
 
     async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
-        self.blocking(move |inner| {
-            inner.modify(|file| {
-                let existing = file.peers.record(&record.peer_id);
-                let created = existing.is_none();
-                let mut new = record.stored_over(existing.as_ref());
-                new.source = SOURCE.as_str().to_owned();
-                file.peers
-                    .upsert(&new)
-                    .map_err(|e| inner.encoding_error(e))?;
-                Ok((stored(&new, created), true))
-            })
+        self.commit(move |inner, file| {
+            let existing = file.peers.record(&record.peer_id);
+            let created = existing.is_none();
+            let mut new = record.stored_over(existing.as_ref());
+            new.source = SOURCE.as_str().to_owned();
+            file.peers
+                .upsert(&new)
+                .map_err(|e| inner.encoding_error(e))?;
+            Ok((stored(&new, created), true))
         })
         .await
     }
@@ -438,18 +573,16 @@ impl PeerRegistry for LocalFileRegistry {
     ) -> Result<Option<Stored>, RegistryError> {
         let peer_id = peer_id.to_owned();
         let heartbeat = heartbeat.clone();
-        self.blocking(move |inner| {
-            inner.modify(|file| {
-                let Some(existing) = file.peers.record(&peer_id) else {
-                    return Ok((None, false));
-                };
-                let mut new = heartbeat.apply(&existing, now);
-                new.source = SOURCE.as_str().to_owned();
-                file.peers
-                    .upsert(&new)
-                    .map_err(|e| inner.encoding_error(e))?;
-                Ok((Some(stored(&new, false)), true))
-            })
+        self.commit(move |inner, file| {
+            let Some(existing) = file.peers.record(&peer_id) else {
+                return Ok((None, false));
+            };
+            let mut new = heartbeat.apply(&existing, now);
+            new.source = SOURCE.as_str().to_owned();
+            file.peers
+                .upsert(&new)
+                .map_err(|e| inner.encoding_error(e))?;
+            Ok((Some(stored(&new, false)), true))
         })
         .await
     }
@@ -474,11 +607,9 @@ impl PeerRegistry for LocalFileRegistry {
 
     async fn unregister(&self, peer_id: &str) -> Result<bool, RegistryError> {
         let peer_id = peer_id.to_owned();
-        self.blocking(move |inner| {
-            inner.modify(|file| {
-                let removed = file.peers.serves(&peer_id) && file.peers.remove(&peer_id);
-                Ok((removed, removed))
-            })
+        self.commit(move |_, file| {
+            let removed = file.peers.serves(&peer_id) && file.peers.remove(&peer_id);
+            Ok((removed, removed))
         })
         .await
     }
@@ -489,21 +620,21 @@ impl PeerRegistry for LocalFileRegistry {
         dry_run: bool,
         _progress: &Progress,
     ) -> Result<Vec<String>, RegistryError> {
-        self.blocking(move |inner| {
-            if dry_run {
-                return Ok(inner.read()?.peers.expired(now));
+        if dry_run {
+            return self
+                .blocking(move |inner| Ok(inner.read()?.peers.expired(now)))
+                .await;
+        }
+        self.commit(move |_, file| {
+            let removed = file.peers.expired(now);
+            for peer_id in &removed {
+                file.peers.remove(peer_id);
             }
-            inner.modify(|file| {
-                let removed = file.peers.expired(now);
-                for peer_id in &removed {
-                    file.peers.remove(peer_id);
-                }
-                if !removed.is_empty() {
-                    file.last_cleanup = now;
-                }
-                let changed = !removed.is_empty();
-                Ok((removed, changed))
-            })
+            if !removed.is_empty() {
+                file.last_cleanup = now;
+            }
+            let changed = !removed.is_empty();
+            Ok((removed, changed))
         })
         .await
     }
@@ -768,6 +899,44 @@ mod tests {
             fresh.list_all(&all(2.0)).await.expect("list").peers.len(),
             400
         );
+    }
+
+    /// Group commit: 32 changes of one process arriving at once share a few writes instead
+    /// of one write and fsync each, and every caller gets its own answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_share_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        reg.register(record("known", &[], 600, 1.0))
+            .await
+            .expect("register");
+        let writes_before = reg.inner.writes.load(std::sync::atomic::Ordering::Relaxed);
+        let registers = (0..30).map(|i| reg.register(record(&format!("p{i:02}"), &[], 600, 1.0)));
+        let heartbeat = Heartbeat::new("known", None, None, None, None).expect("valid");
+        let (stored, updated, missing) = tokio::join!(
+            futures::future::join_all(registers),
+            reg.update("known", &heartbeat, 5.0),
+            reg.update("nobody", &heartbeat, 5.0),
+        );
+        let writes = reg.inner.writes.load(std::sync::atomic::Ordering::Relaxed) - writes_before;
+        assert!(
+            writes < 32 / 2,
+            "32 concurrent changes took {writes} writes"
+        );
+        for (i, s) in stored.into_iter().enumerate() {
+            let s = s.expect("register");
+            assert!(s.created);
+            assert_eq!(s.record.peer_id, format!("p{i:02}"));
+        }
+        assert_eq!(
+            updated.expect("update").expect("known").record.last_seen,
+            5.0
+        );
+        assert!(missing.expect("update").is_none());
+        let json = read_json(&path);
+        assert_eq!(json["peers"].as_object().expect("peers").len(), 31);
+        assert_eq!(json["peers"]["known"]["last_seen"], 5.0);
     }
 
     /// A change written by another handle is seen by the next read (the cache is checked
