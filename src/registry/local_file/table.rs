@@ -13,7 +13,6 @@
 //! quarter of it; the arena is then compacted in place, so it never holds more than a
 //! third more than the live records, and never needs a second copy of itself.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::peer::{PeerFilter, PeerRecord};
@@ -253,12 +252,12 @@ impl PeerTable {
         }
     }
 
-    /// Every peer id with its value's text, in peer id order, for writing the file.
-    pub(super) fn entries(&self) -> impl Iterator<Item = (Cow<'_, str>, &[u8])> {
-        // Ids enter the arena only from `&str`, so the lossy conversion never changes one.
+    /// Every peer id (as UTF-8) with its value's text, in peer id order, for writing the
+    /// file.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.slots
             .iter()
-            .map(|slot| (String::from_utf8_lossy(self.key(slot)), self.text(slot)))
+            .map(|slot| (self.key(slot), self.text(slot)))
     }
 
     /// The records that match `filter`: all of them, or the best `filter.limit`; and how
@@ -399,10 +398,8 @@ mod tests {
         table
             .entries()
             .map(|(k, t)| {
-                (
-                    k.into_owned(),
-                    String::from_utf8(t.to_vec()).expect("utf-8"),
-                )
+                let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).expect("utf-8");
+                (utf8(k), utf8(t))
             })
             .collect()
     }
