@@ -105,3 +105,68 @@ async fn requests_per_operation_at_one_thousand_peers() {
     }
     client.cancel().await.expect("shutdown");
 }
+
+/// The write budget: once this process has spent its writes, a register is refused as
+/// rate limited with the wait, before any request is sent (it would have to write),
+/// and an edit is refused without sending the write.
+#[tokio::test]
+async fn write_budget_refuses_before_spending_requests() {
+    use peer_discovery_mcp::peer::Announcement;
+    use peer_discovery_mcp::registry::github::{GitHubSettings, WriteBudget};
+    use peer_discovery_mcp::registry::{GitHubIssuesRegistry, PeerRegistry, RegistryError};
+
+    let fake = FakeGitHub::start().await;
+    let settings = GitHubSettings {
+        repo: format!(
+            "{}/{}",
+            support::fake_github::OWNER,
+            support::fake_github::REPO
+        )
+        .parse()
+        .expect("repo"),
+        api_url: fake.base_url(),
+        request_timeout: Duration::from_secs(5),
+        trusted_authors: Vec::new(),
+        listing_ttl: Duration::ZERO,
+        write_budget: WriteBudget {
+            per_minute: 3,
+            per_hour: 500,
+        },
+    };
+    let github = GitHubIssuesRegistry::new(settings, support::fake_github::TOKEN.to_owned())
+        .expect("client");
+    let now = support::now();
+    let record = |id: &str| {
+        Announcement::new(id.into(), "/ip4/127.0.0.1/tcp/1", &[], None, None, 3600)
+            .expect("valid")
+            .into_record(now)
+    };
+    for i in 0..3 {
+        github
+            .register(record(&format!("b{i}")))
+            .await
+            .expect("within the budget");
+    }
+    fake.clear_log();
+    match github.register(record("b3")).await {
+        Err(RegistryError::RateLimited {
+            retry_after_seconds,
+        }) => assert!(
+            (1..=60).contains(&retry_after_seconds),
+            "{retry_after_seconds}"
+        ),
+        other => panic!("expected rate_limited, got {other:?}"),
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "a refused register sent {:?}",
+        fake.requests()
+    );
+    // Re-registering a known peer must write too: refused the same way.
+    assert!(matches!(
+        github.register(record("b0")).await,
+        Err(RegistryError::RateLimited { .. })
+    ));
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    assert_eq!(fake.issues().len(), 3);
+}

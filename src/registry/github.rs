@@ -371,9 +371,27 @@ impl GitHubIssuesRegistry {
 
     /// Reserves one write in the budget, or says when one will be free.
     fn reserve_write(&self) -> Result<(), RegistryError> {
-        let budget = self.settings.write_budget;
         let now = Instant::now();
         let mut writes = lock(&self.writes);
+        self.check_budget(&mut writes, now)?;
+        writes.push_back(now);
+        Ok(())
+    }
+
+    /// Fails, before any request is sent, when the budget has no write left: a register
+    /// always writes, so looking its issue up first would only spend requests and time.
+    fn ensure_write_left(&self) -> Result<(), RegistryError> {
+        self.check_budget(&mut lock(&self.writes), Instant::now())
+    }
+
+    /// `RateLimited` with the wait until the budget has room again, if it has none now.
+    /// `writes` are the times of this process's writes; those older than an hour go.
+    fn check_budget(
+        &self,
+        writes: &mut VecDeque<Instant>,
+        now: Instant,
+    ) -> Result<(), RegistryError> {
+        let budget = self.settings.write_budget;
         while writes
             .front()
             .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600))
@@ -396,13 +414,12 @@ impl GitHubIssuesRegistry {
         } else {
             None
         };
-        if let Some(wait) = wait {
-            return Err(RegistryError::RateLimited {
+        match wait {
+            Some(wait) => Err(RegistryError::RateLimited {
                 retry_after_seconds: wait.max(1),
-            });
+            }),
+            None => Ok(()),
         }
-        writes.push_back(now);
-        Ok(())
     }
 
     /// Sends one request under the request timeout and classifies the answer. 2xx and 304
@@ -834,6 +851,7 @@ impl GitHubIssuesRegistry {
     async fn register_serialized(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
         let mut record = record;
         record.source = SOURCE.as_str().to_owned();
+        self.ensure_write_left()?;
         match self.find_issue(&record.peer_id).await? {
             Some(issue) => {
                 let existing = parse_body(issue.body.as_deref().unwrap_or(""))
