@@ -184,4 +184,12 @@ mod tests {
         assert_eq!(value["peers"].as_object().expect("peers").len(), 3);
         assert_eq!(reencode_registry_bytes(&once), Some(once));
     }
+
+    /// The file's size only sizes the arena up to a cap, so a file that claims to be
+    /// huge (sparse, or larger than memory) is read, not allocated for.
+    #[test]
+    fn a_huge_size_hint_is_not_allocated() {
+        let file = RegistryFile::parse(&br#"{"peers":{}}"#[..], usize::MAX).expect("parses");
+        assert_eq!(file.peers.len(), 0);
+    }
 }

@@ -63,11 +63,21 @@ struct WriteQueue {
     writing: bool,
 }
 
+/// What applying one queued change did to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Changed,
+    Unchanged,
+    /// The change failed; it is meant to leave the file as it was, but the in-memory
+    /// copy is not trusted to be a faithful read of the file any more.
+    Failed,
+}
+
 /// A queued change, its answer type erased.
 trait Pending: Send {
-    /// Applies the change to the file; whether it changed anything. A change that fails
-    /// must leave the file as it was (the others of its batch are still written).
-    fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> bool;
+    /// Applies the change to the file. A change that fails must leave the file as it
+    /// was: the others of its batch are still written.
+    fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> Applied;
     /// Answers the caller once the batch's outcome is known: `written` is `Ok` when the
     /// write that holds the change is durable, or none was needed.
     fn answer(self: Box<Self>, written: Result<(), RegistryError>);
@@ -85,18 +95,22 @@ where
     T: Send,
     F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), RegistryError> + Send,
 {
-    fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> bool {
+    fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> Applied {
         let Some(change) = self.change.take() else {
-            return false;
+            return Applied::Unchanged;
         };
         match change(inner, file) {
             Ok((answer, changed)) => {
                 self.outcome = Some(Ok(answer));
-                changed
+                if changed {
+                    Applied::Changed
+                } else {
+                    Applied::Unchanged
+                }
             }
             Err(e) => {
                 self.outcome = Some(Err(e));
-                false
+                Applied::Failed
             }
         }
     }
@@ -225,8 +239,7 @@ impl LocalFileRegistry {
             !std::mem::replace(&mut queue.writing, true)
         };
         if lead {
-            let inner = Arc::clone(&self.inner);
-            tokio::task::spawn_blocking(move || inner.write_queued());
+            Inner::start_writer(Arc::clone(&self.inner));
         }
         answer.await.unwrap_or_else(|_| {
             Err(RegistryError::Remote(
@@ -424,22 +437,39 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs [`Inner::write_queued`] on tokio's blocking pool (on this thread when there
+    /// is no runtime).
+    fn start_writer(inner: Arc<Inner>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || inner.write_queued());
+            }
+            Err(_) => inner.write_queued(),
+        }
+    }
+
     /// Writes queued changes, a batch at a time, until the queue is empty. Runs on one
     /// blocking thread at a time (the one whose caller found no writer running).
-    fn write_queued(&self) {
+    fn write_queued(self: &Arc<Self>) {
         // A change that panics (a bug) must not leave the queue marked as being written
-        // forever: the callers waiting in it get an error, and the next change writes.
-        struct Unstick<'a>(&'a Inner);
-        impl Drop for Unstick<'_> {
+        // forever: the callers of its batch get an error (their answers are dropped), and
+        // a new writer takes whatever queued meanwhile.
+        struct Unstick(Arc<Inner>);
+        impl Drop for Unstick {
             fn drop(&mut self) {
                 if std::thread::panicking() {
-                    let mut queue = self.0.queue();
-                    queue.pending.clear();
-                    queue.writing = false;
+                    let restart = {
+                        let mut queue = self.0.queue();
+                        queue.writing = !queue.pending.is_empty();
+                        queue.writing
+                    };
+                    if restart {
+                        Inner::start_writer(Arc::clone(&self.0));
+                    }
                 }
             }
         }
-        let _unstick = Unstick(self);
+        let _unstick = Unstick(Arc::clone(self));
         loop {
             let mut batch = {
                 let mut queue = self.queue();
@@ -467,21 +497,24 @@ impl Inner {
         let stamp = snapshot.stamp;
         let mut file = snapshot.file;
         let content = Arc::make_mut(&mut file);
-        let mut changed = false;
-        for change in batch.iter_mut() {
-            changed |= change.apply(self, content);
-        }
-        if changed {
-            let stamp = self.write_atomically(&file, batch.len())?;
+        let applied: Vec<Applied> = batch
+            .iter_mut()
+            .map(|change| change.apply(self, content))
+            .collect();
+        if applied.contains(&Applied::Changed) {
+            let written = self.write_atomically(&file, batch.len())?;
             self.writes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.set_cache(Some(Snapshot {
+            // Without a stamp of what was written, the next read parses the file again.
+            self.set_cache(written.map(|stamp| Snapshot {
                 stamp: Some(stamp),
                 file,
             }));
-        } else {
+        } else if !applied.contains(&Applied::Failed) {
             self.set_cache(Some(Snapshot { stamp, file }));
         }
+        // (A batch whose only changes failed keeps no cache: the next read parses the
+        // file rather than trust a copy a failed change went through.)
         Ok(())
     }
 
@@ -490,7 +523,7 @@ impl Inner {
         &self,
         content: &RegistryFile,
         changes: usize,
-    ) -> Result<FileStamp, RegistryError> {
+    ) -> Result<Option<FileStamp>, RegistryError> {
         let dir = parent_dir(&self.path);
         let file_name = self
             .path
@@ -529,8 +562,14 @@ impl Inner {
             // Makes the rename itself durable; some file systems refuse, which is harmless.
             let _ = dir_handle.sync_all();
         }
-        let meta = file.metadata().map_err(io("reading back"))?;
-        Ok(FileStamp::of(&meta))
+        // The write is durable from here on: a failure to stamp it only costs a re-read.
+        match file.metadata() {
+            Ok(meta) => Ok(Some(FileStamp::of(&meta))),
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "could not stamp the registry file just written; it will be read again");
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -626,10 +665,7 @@ impl PeerRegistry for LocalFileRegistry {
                 .await;
         }
         self.commit(move |_, file| {
-            let removed = file.peers.expired(now);
-            for peer_id in &removed {
-                file.peers.remove(peer_id);
-            }
+            let removed = file.peers.remove_expired(now);
             if !removed.is_empty() {
                 file.last_cleanup = now;
             }
@@ -937,6 +973,48 @@ mod tests {
         let json = read_json(&path);
         assert_eq!(json["peers"].as_object().expect("peers").len(), 31);
         assert_eq!(json["peers"]["known"]["last_seen"], 5.0);
+    }
+
+    /// In a batch, a change that fails answers only its own caller; the others are
+    /// written. A change that panics (a bug) fails its batch's callers but does not wedge
+    /// the queue: the next change is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_and_panicking_changes_do_not_take_others_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let refused = reg.commit(|_, _| -> Result<((), bool), RegistryError> {
+            Err(RegistryError::Remote("refused on purpose".to_owned()))
+        });
+        let (first, failed, second) = tokio::join!(
+            reg.register(record("a", &[], 600, 1.0)),
+            refused,
+            reg.register(record("b", &[], 600, 1.0)),
+        );
+        first.expect("register a");
+        second.expect("register b");
+        let error = failed.expect_err("the failing change");
+        assert_eq!(error.to_string(), "refused on purpose");
+        assert_eq!(
+            read_json(&path)["peers"].as_object().expect("peers").len(),
+            2
+        );
+
+        let panicked = reg
+            .commit(|_, _| -> Result<((), bool), RegistryError> { panic!("a bug in a change") })
+            .await;
+        assert!(panicked.is_err());
+        let after = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            reg.register(record("c", &[], 600, 1.0)),
+        )
+        .await
+        .expect("the queue is not wedged");
+        after.expect("register c");
+        assert_eq!(
+            read_json(&path)["peers"].as_object().expect("peers").len(),
+            3
+        );
     }
 
     /// A change written by another handle is seen by the next read (the cache is checked

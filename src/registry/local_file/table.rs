@@ -17,8 +17,17 @@ use std::collections::HashMap;
 
 use crate::peer::{PeerFilter, PeerRecord};
 
-/// Compaction starts when garbage exceeds live bytes divided by this.
+/// Compaction starts when garbage exceeds live bytes divided by this...
 const GARBAGE_DIVISOR: usize = 4;
+/// ...and is at least this many bytes (or capability entries): a compaction walks every
+/// slot, which small amounts of garbage are not worth. (None in unit tests, so that
+/// their small tables compact too.)
+fn min_garbage() -> usize {
+    if cfg!(test) { 0 } else { 64 * 1024 }
+}
+/// A load reserves the arena at the file's size, but never more than this up front (a
+/// file can claim any size; the arena grows as records are actually read).
+const MAX_ARENA_RESERVE: usize = 1 << 30;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct PeerTable {
@@ -86,8 +95,11 @@ impl PeerTable {
     /// An empty table that expects about `bytes` of ids and texts (the file's size, on a
     /// load), so the arena is allocated once.
     pub(super) fn with_capacity(bytes: usize) -> Self {
+        let mut arena = Vec::new();
+        // Only a hint: if the memory is not there, grow as the records come instead.
+        let _ = arena.try_reserve_exact(bytes.min(MAX_ARENA_RESERVE));
         PeerTable {
-            arena: Vec::with_capacity(bytes),
+            arena,
             ..PeerTable::default()
         }
     }
@@ -123,7 +135,8 @@ impl PeerTable {
     }
 
     /// Appends `peer_id` and `text` to the arena and returns their slot; `record` is the
-    /// parsed text when it is to be served.
+    /// parsed text when it is to be served. Every check comes first: on error nothing was
+    /// added.
     fn append(
         &mut self,
         peer_id: &str,
@@ -132,29 +145,29 @@ impl PeerTable {
     ) -> Result<Slot, TooLarge> {
         let key_len = u32::try_from(peer_id.len()).map_err(|_| TooLarge)?;
         let text_len = u32::try_from(text.len()).map_err(|_| TooLarge)?;
-        let start = self.arena.len();
-        self.arena.extend_from_slice(peer_id.as_bytes());
-        self.arena.extend_from_slice(text);
+        let capabilities = record.map_or(&[][..], |r| r.capabilities.as_slice());
+        let capabilities_len = u16::try_from(capabilities.len()).map_err(|_| TooLarge)?;
+        let capabilities_start = u32::try_from(self.capability_lists.len())
+            .ok()
+            .filter(|start| start.checked_add(u32::from(capabilities_len)).is_some())
+            .ok_or(TooLarge)?;
         let mut slot = Slot {
-            start,
+            start: self.arena.len(),
             key_len,
             text_len,
             last_seen: 0.0,
             expires_at: 0.0,
-            capabilities_start: 0,
-            capabilities_len: 0,
+            capabilities_start,
+            capabilities_len,
             served: false,
         };
+        self.arena.extend_from_slice(peer_id.as_bytes());
+        self.arena.extend_from_slice(text);
         if let Some(record) = record {
-            let ids: Vec<u32> = record
-                .capabilities
-                .iter()
-                .map(|c| self.capability_id(c))
-                .collect();
-            slot.capabilities_start =
-                u32::try_from(self.capability_lists.len()).map_err(|_| TooLarge)?;
-            slot.capabilities_len = u16::try_from(ids.len()).map_err(|_| TooLarge)?;
-            self.capability_lists.extend_from_slice(&ids);
+            for name in capabilities {
+                let id = self.capability_id(name);
+                self.capability_lists.push(id);
+            }
             slot.last_seen = record.last_seen;
             slot.expires_at = record.expires_at();
             slot.served = true;
@@ -240,6 +253,29 @@ impl PeerTable {
         self.forget(&old);
         self.compact_if_worth_it();
         true
+    }
+
+    /// Removes every served record whose lease has ended at `now`, in one pass over the
+    /// slots (removing them one by one would move the slots after each); their ids.
+    pub(super) fn remove_expired(&mut self, now: f64) -> Vec<String> {
+        let mut removed = Vec::new();
+        let mut dropped = Vec::new();
+        let arena = &self.arena;
+        self.slots.retain(|slot| {
+            let expired = slot.served && crate::peer::lease_ended(slot.expires_at, now);
+            if expired {
+                removed.push(String::from_utf8_lossy(&arena[slot.key_range()]).into_owned());
+                dropped.push(*slot);
+            }
+            !expired
+        });
+        for slot in &dropped {
+            self.forget(slot);
+        }
+        if !dropped.is_empty() {
+            self.compact_if_worth_it();
+        }
+        removed
     }
 
     /// Counts a slot that was dropped as garbage.
@@ -328,14 +364,13 @@ impl PeerTable {
     }
 
     fn compact_if_worth_it(&mut self) {
-        let live_bytes = self.arena.len() - self.garbage_bytes;
-        if self.garbage_bytes > 0 && self.garbage_bytes >= live_bytes / GARBAGE_DIVISOR {
+        let worth = |garbage: usize, total: usize| {
+            garbage > 0 && garbage >= ((total - garbage) / GARBAGE_DIVISOR).max(min_garbage())
+        };
+        if worth(self.garbage_bytes, self.arena.len()) {
             self.compact_arena();
         }
-        let live_capabilities = self.capability_lists.len() - self.garbage_capabilities;
-        if self.garbage_capabilities > 0
-            && self.garbage_capabilities >= live_capabilities / GARBAGE_DIVISOR
-        {
+        if worth(self.garbage_capabilities, self.capability_lists.len()) {
             self.compact_capabilities();
         }
     }
@@ -488,8 +523,131 @@ mod tests {
         let (found, matched) = table.matching(&filter(&["storage"], 0.0, Some(2)));
         let ids: Vec<_> = found.iter().map(|r| r.peer_id.as_str()).collect();
         assert_eq!((ids, matched), (vec!["b", "a"], 3));
+        // Equal last_seen: ranked by peer id.
+        table
+            .upsert(&record("ba", &["storage"], 7.0))
+            .expect("upsert");
+        let (found, _) = table.matching(&filter(&["storage"], 0.0, Some(3)));
+        let ids: Vec<_> = found.iter().map(|r| r.peer_id.as_str()).collect();
+        assert_eq!(ids, vec!["b", "ba", "a"]);
         // Leases of 100 s: at 102 `d` (seen at 1) has expired, the others not yet.
         assert_eq!(table.expired(102.0), vec!["d".to_owned()]);
         assert_eq!(table.matching(&filter(&["gpu"], 0.0, None)).1, 0);
+    }
+
+    /// The table against a plain map, over random loads (with duplicate ids and
+    /// rule-breaking values), upserts, removals and expiry sweeps; after every step the
+    /// written entries, lookups, capability matches and garbage counters must agree.
+    /// (Contributed by a review of the table.)
+    #[test]
+    fn behaves_like_a_map() {
+        use std::collections::BTreeMap;
+
+        struct Lcg(u64);
+        impl Lcg {
+            fn next(&mut self) -> u64 {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                self.0 >> 33
+            }
+        }
+        type Model = BTreeMap<String, (String, Option<PeerRecord>)>;
+
+        fn check(table: &PeerTable, model: &Model) {
+            let want: Vec<(String, String)> = model
+                .iter()
+                .map(|(k, (t, _))| (k.clone(), t.clone()))
+                .collect();
+            assert_eq!(written(table), want);
+            let unusable = model.values().filter(|(_, r)| r.is_none()).count();
+            assert_eq!(table.unusable_count(), unusable);
+            for cap in ["a", "b", "c", "d"] {
+                let mut f = filter(&[cap], 0.0, None);
+                f.include_expired = true;
+                let want = model
+                    .values()
+                    .filter(|(_, r)| {
+                        r.as_ref()
+                            .is_some_and(|r| r.capabilities.iter().any(|c| c == cap))
+                    })
+                    .count();
+                assert_eq!(table.matching(&f).1, want, "capability {cap}");
+            }
+            for (k, (_, r)) in model {
+                assert_eq!(table.record(k).as_ref(), r.as_ref());
+                assert_eq!(table.serves(k), r.is_some());
+            }
+            let live: usize = table.slots.iter().map(|s| s.len()).sum();
+            assert_eq!(
+                table.arena.len() - table.garbage_bytes,
+                live,
+                "garbage bytes"
+            );
+            let live_capabilities: usize = table
+                .slots
+                .iter()
+                .filter(|s| s.served)
+                .map(|s| s.capabilities_len as usize)
+                .sum();
+            assert_eq!(
+                table.capability_lists.len() - table.garbage_capabilities,
+                live_capabilities,
+                "garbage capabilities"
+            );
+        }
+
+        let capability_sets: [&[&str]; 5] = [&[], &["a"], &["a", "b"], &["b", "c", "d"], &["d"]];
+        for seed in 0..200u64 {
+            let mut rng = Lcg(seed);
+            let mut model = Model::new();
+            let mut table = PeerTable::default();
+            let random_record = |rng: &mut Lcg, id: &str| {
+                let caps = capability_sets[(rng.next() % 5) as usize];
+                record(id, caps, (rng.next() % 100) as f64)
+            };
+            for _ in 0..rng.next() % 30 {
+                let id = format!("p{}", rng.next() % 12);
+                if rng.next().is_multiple_of(3) {
+                    let text = format!("{{\"junk\":{}}}", rng.next() % 1000);
+                    table.push_loaded(&id, &text, None).expect("fits");
+                    model.insert(id, (text, None));
+                } else {
+                    let r = random_record(&mut rng, &id);
+                    let text = serde_json::to_string(&r).expect("json");
+                    table.push_loaded(&id, &text, Some(&r)).expect("fits");
+                    model.insert(id, (text, Some(r)));
+                }
+            }
+            table.finish_load();
+            check(&table, &model);
+            for _ in 0..300 {
+                let id = format!("p{}", rng.next() % 12);
+                match rng.next() % 10 {
+                    0..=2 => assert_eq!(table.remove(&id), model.remove(&id).is_some()),
+                    3 => {
+                        // Leases are 100 s from last_seen in 0..100.
+                        let now = 100.0 + (rng.next() % 100) as f64;
+                        let mut removed = table.remove_expired(now);
+                        removed.sort();
+                        let expired: Vec<String> = model
+                            .iter()
+                            .filter(|(_, (_, r))| r.as_ref().is_some_and(|r| r.is_expired(now)))
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        assert_eq!(removed, expired);
+                        model.retain(|k, _| !expired.contains(k));
+                    }
+                    _ => {
+                        let r = random_record(&mut rng, &id);
+                        table.upsert(&r).expect("upsert");
+                        let text = serde_json::to_string(&r).expect("json");
+                        model.insert(id, (text, Some(r)));
+                    }
+                }
+                check(&table, &model);
+            }
+        }
     }
 }
