@@ -400,7 +400,13 @@ fn bench_github(args: &Args, n: usize) {
     );
     s.close();
     eprintln!("\n### GitHub source against the fake GitHub, {n} peers in the repository\n");
-    eprintln!("| operation | p50 ms | p99 ms | GitHub requests |");
+    print_rows(&rows, "GitHub requests");
+    drop(fake);
+}
+
+/// One operation a line, as a Markdown table on stderr; `extra` heads the last column.
+fn print_rows(rows: &[Row], extra: &str) {
+    eprintln!("| operation | p50 ms | p99 ms | {extra} |");
     eprintln!("| --- | --- | --- | --- |");
     for row in rows {
         eprintln!(
@@ -411,7 +417,6 @@ fn bench_github(args: &Args, n: usize) {
             row.extra
         );
     }
-    drop(fake);
 }
 
 fn main() {
@@ -431,17 +436,7 @@ fn main() {
     for &n in &args.peers {
         let (rows, rss, start) = bench_local(&args, n);
         eprintln!("\n### Local file, {n} peers\n");
-        eprintln!("| operation | p50 ms | p99 ms | notes |");
-        eprintln!("| --- | --- | --- | --- |");
-        for row in &rows {
-            eprintln!(
-                "| {} | {} | {} | {} |",
-                row.operation,
-                ms(row.p50),
-                ms(row.p99),
-                row.extra
-            );
-        }
+        print_rows(&rows, "notes");
         eprintln!(
             "\nspawn to initialize answer p50: {} ms; peak RSS: {rss:.1} MiB",
             ms(start)

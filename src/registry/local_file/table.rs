@@ -9,9 +9,10 @@
 //! only for the records an answer returns or a write changes, and a write copies the
 //! texts of unchanged records instead of serializing them.
 //!
-//! A replaced or removed text stays in the arena as garbage until garbage makes up a
-//! quarter of it; the arena is then compacted in place, so it never holds more than a
-//! third more than the live records, and never needs a second copy of itself.
+//! A replaced or removed text stays in the arena as garbage until garbage reaches a
+//! quarter of the live bytes (and at least 64 KiB); the arena is then compacted in place,
+//! so it holds at most a quarter more than the live records, and never needs a second
+//! copy of itself.
 
 use std::collections::HashMap;
 
@@ -83,6 +84,17 @@ impl Slot {
 
     fn len(&self) -> usize {
         self.key_len as usize + self.text_len as usize
+    }
+
+    /// Whether this is a served record whose lease has ended at `now`.
+    fn expired_at(&self, now: f64) -> bool {
+        self.served && crate::peer::lease_ended(self.expires_at, now)
+    }
+
+    /// The peer id, owned (ids enter the arena only from `&str`, so the lossy
+    /// conversion changes nothing).
+    fn id(&self, arena: &[u8]) -> String {
+        String::from_utf8_lossy(&arena[self.key_range()]).into_owned()
     }
 
     fn capabilities_range(&self) -> std::ops::Range<usize> {
@@ -197,21 +209,19 @@ impl PeerTable {
         self.slots
             .sort_by(|a, b| arena[a.key_range()].cmp(&arena[b.key_range()]));
         let mut kept: Vec<Slot> = Vec::with_capacity(self.slots.len());
+        let mut replaced = Vec::new();
         for slot in self.slots.drain(..) {
             match kept.last_mut() {
                 Some(last) if arena[last.key_range()] == arena[slot.key_range()] => {
-                    self.garbage_bytes += last.len();
-                    if last.served {
-                        self.garbage_capabilities += last.capabilities_len as usize;
-                    } else {
-                        self.unusable -= 1;
-                    }
-                    *last = slot;
+                    replaced.push(std::mem::replace(last, slot));
                 }
                 _ => kept.push(slot),
             }
         }
         self.slots = kept;
+        for slot in &replaced {
+            self.forget(slot);
+        }
         self.compact_if_worth_it();
     }
 
@@ -262,9 +272,9 @@ impl PeerTable {
         let mut dropped = Vec::new();
         let arena = &self.arena;
         self.slots.retain(|slot| {
-            let expired = slot.served && crate::peer::lease_ended(slot.expires_at, now);
+            let expired = slot.expired_at(now);
             if expired {
-                removed.push(String::from_utf8_lossy(&arena[slot.key_range()]).into_owned());
+                removed.push(slot.id(arena));
                 dropped.push(*slot);
             }
             !expired
@@ -344,8 +354,8 @@ impl PeerTable {
     pub(super) fn expired(&self, now: f64) -> Vec<String> {
         self.slots
             .iter()
-            .filter(|slot| slot.served && crate::peer::lease_ended(slot.expires_at, now))
-            .map(|slot| String::from_utf8_lossy(self.key(slot)).into_owned())
+            .filter(|slot| slot.expired_at(now))
+            .map(|slot| slot.id(&self.arena))
             .collect()
     }
 
@@ -356,7 +366,7 @@ impl PeerTable {
         match serde_json::from_slice(self.text(slot)) {
             Ok(record) => Some(record),
             Err(e) => {
-                let peer_id = String::from_utf8_lossy(self.key(slot));
+                let peer_id = slot.id(&self.arena);
                 tracing::error!(%peer_id, error = %e, "a stored record no longer parses");
                 None
             }
