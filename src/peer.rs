@@ -25,6 +25,10 @@ pub const MAX_TTL_SECONDS: u64 = 604_800;
 pub const DEFAULT_TTL_SECONDS: u64 = 3600;
 /// Largest `metadata` object, serialized as compact JSON.
 pub const MAX_METADATA_BYTES: usize = 4096;
+/// How far ahead of this server's clock a stored `last_seen` may be. Leases run on the
+/// server's clock: a record stamped further ahead would never expire and would outrank
+/// every honest copy, so it is rejected (counted, never served) and cleanup removes it.
+pub const MAX_CLOCK_AHEAD_SECONDS: f64 = 300.0;
 
 /// A JSON object, as `metadata` is.
 pub type JsonObject = Map<String, Value>;
@@ -199,6 +203,16 @@ impl PeerRecord {
     /// A record is expired from the instant `last_seen + ttl_seconds` on.
     pub fn is_expired(&self, now: f64) -> bool {
         lease_ended(self.expires_at(), now)
+    }
+
+    /// Whether cleanup at `now` removes this record (see [`cleanup_removes`]).
+    pub fn is_removed_by_cleanup(&self, now: f64) -> bool {
+        cleanup_removes(self.last_seen, self.expires_at(), now)
+    }
+
+    /// Whether this record claims a `last_seen` too far ahead of `now` to be trusted.
+    pub fn is_ahead_of_clock(&self, now: f64) -> bool {
+        ahead_of_clock(self.last_seen, now)
     }
 
     pub fn lease(&self, now: f64) -> Lease {
@@ -418,21 +432,42 @@ impl PeerFilter {
     }
 
     pub fn matches(&self, record: &PeerRecord) -> bool {
-        self.admits(record.expires_at(), || {
+        self.admits(record.last_seen, record.expires_at(), || {
             record.has_capabilities(&self.capabilities)
         })
     }
 
-    /// The same rule for a source that keeps an index rather than records: a record whose
-    /// lease ends at `expires_at` and that has (`has_capabilities`) every capability asked.
-    pub fn admits(&self, expires_at: f64, has_capabilities: impl FnOnce() -> bool) -> bool {
-        (self.include_expired || !lease_ended(expires_at, self.now)) && has_capabilities()
+    /// The same rule for a source that keeps an index rather than records: a record seen
+    /// at `last_seen` (not ahead of the clock, see [`ahead_of_clock`]) whose lease ends at
+    /// `expires_at` and that has (`has_capabilities`) every capability asked.
+    pub fn admits(
+        &self,
+        last_seen: f64,
+        expires_at: f64,
+        has_capabilities: impl FnOnce() -> bool,
+    ) -> bool {
+        !ahead_of_clock(last_seen, self.now)
+            && (self.include_expired || !lease_ended(expires_at, self.now))
+            && has_capabilities()
     }
 }
 
 /// Whether a lease that ends at `expires_at` is over at `now`.
 pub fn lease_ended(expires_at: f64, now: f64) -> bool {
     now >= expires_at
+}
+
+/// Whether a record seen at `last_seen` claims a time more than
+/// [`MAX_CLOCK_AHEAD_SECONDS`] ahead of `now`: such a record is rejected by every source
+/// (counted in `rejected`, never served) and removed by cleanup.
+pub fn ahead_of_clock(last_seen: f64, now: f64) -> bool {
+    last_seen > now + MAX_CLOCK_AHEAD_SECONDS
+}
+
+/// Whether cleanup at `now` removes a record seen at `last_seen` whose lease ends at
+/// `expires_at`: its lease is over, or its clock is not to be trusted.
+pub fn cleanup_removes(last_seen: f64, expires_at: f64, now: f64) -> bool {
+    lease_ended(expires_at, now) || ahead_of_clock(last_seen, now)
 }
 
 /// How discover ranks peers: newest `last_seen` first, ties by `peer_id`.

@@ -638,7 +638,7 @@ impl PeerRegistry for LocalFileRegistry {
             Ok(Listing {
                 peers,
                 matched,
-                rejected: file.peers.unusable_count(),
+                rejected: file.peers.unusable_count() + file.peers.ahead_of_clock_count(filter.now),
             })
         })
         .await

@@ -86,9 +86,10 @@ impl Slot {
         self.key_len as usize + self.text_len as usize
     }
 
-    /// Whether this is a served record whose lease has ended at `now`.
+    /// Whether this is a served record that cleanup removes at `now` (its lease has
+    /// ended, or it claims a time too far ahead of the clock).
     fn expired_at(&self, now: f64) -> bool {
-        self.served && crate::peer::lease_ended(self.expires_at, now)
+        self.served && crate::peer::cleanup_removes(self.last_seen, self.expires_at, now)
     }
 
     /// The peer id, owned (ids enter the arena only from `&str`, so the lossy
@@ -306,6 +307,14 @@ impl PeerTable {
             .map(|slot| (self.key(slot), self.text(slot)))
     }
 
+    /// Served records that claim a `last_seen` too far ahead of `now`: rejected, not served.
+    pub(super) fn ahead_of_clock_count(&self, now: f64) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.served && crate::peer::ahead_of_clock(slot.last_seen, now))
+            .count()
+    }
+
     /// The records that match `filter`: all of them, or the best `filter.limit`; and how
     /// many matched. Only the returned records are parsed.
     pub(super) fn matching(&self, filter: &PeerFilter) -> (Vec<PeerRecord>, usize) {
@@ -323,7 +332,7 @@ impl PeerTable {
             .iter()
             .filter(|slot| {
                 slot.served
-                    && filter.admits(slot.expires_at, || {
+                    && filter.admits(slot.last_seen, slot.expires_at, || {
                         let have = &self.capability_lists[slot.capabilities_range()];
                         wanted.iter().all(|w| have.contains(w))
                     })
@@ -545,6 +554,28 @@ mod tests {
         assert_eq!(table.matching(&filter(&["gpu"], 0.0, None)).1, 0);
     }
 
+    /// A record stamped far ahead of the clock is not served even though it would rank
+    /// first and never expire: it is counted as rejected and cleanup removes it.
+    #[test]
+    fn records_from_the_future_are_rejected_and_cleaned_up() {
+        let mut table = PeerTable::default();
+        table
+            .upsert(&record("honest", &["compute"], 1000.0))
+            .expect("upsert");
+        table
+            .upsert(&record("hijack", &["compute"], 1e15))
+            .expect("upsert");
+        // 299 s ahead is clock skew, tolerated.
+        table
+            .upsert(&record("skewed", &["compute"], 1299.0))
+            .expect("upsert");
+        let (found, matched) = table.matching(&filter(&["compute"], 1000.0, Some(1)));
+        assert_eq!((found[0].peer_id.as_str(), matched), ("skewed", 2));
+        assert_eq!(table.ahead_of_clock_count(1000.0), 1);
+        assert_eq!(table.remove_expired(1000.0), vec!["hijack".to_owned()]);
+        assert_eq!(table.ahead_of_clock_count(1000.0), 0);
+    }
+
     /// The table against a plain map, over random loads (with duplicate ids and
     /// rule-breaking values), upserts, removals and expiry sweeps; after every step the
     /// written entries, lookups, capability matches and garbage counters must agree.
@@ -643,7 +674,9 @@ mod tests {
                         removed.sort();
                         let expired: Vec<String> = model
                             .iter()
-                            .filter(|(_, (_, r))| r.as_ref().is_some_and(|r| r.is_expired(now)))
+                            .filter(|(_, (_, r))| {
+                                r.as_ref().is_some_and(|r| r.is_removed_by_cleanup(now))
+                            })
                             .map(|(k, _)| k.clone())
                             .collect();
                         assert_eq!(removed, expired);
