@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::peer::{Announcement, Heartbeat, InvalidPeer, JsonObject, PeerFilter, PeerRecord};
-use crate::registry::{PeerRegistry, Progress, RegistryError, SourceName};
+use crate::registry::{Commitment, PeerRegistry, Progress, RegistryError, SourceName};
 
 /// Where the coordinator reads the time: Unix seconds. Tests pass their own.
 pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -127,7 +127,9 @@ impl SourceOutcome {
 
     fn failed(error: &RegistryError) -> Self {
         let (status, retry_after_seconds) = match error {
-            RegistryError::Timeout(_) => (SourceStatus::Timeout, None),
+            RegistryError::Timeout(_) | RegistryError::Withdrawn { .. } => {
+                (SourceStatus::Timeout, None)
+            }
             RegistryError::RateLimited {
                 retry_after_seconds,
             } => (SourceStatus::RateLimited, Some(*retry_after_seconds)),
@@ -396,6 +398,9 @@ impl Coordinator {
     }
 
     /// Runs `op` on every source at once, each under the source timeout, and records stats.
+    /// At the timeout a source's change is withdrawn unless the source already took it
+    /// (see [`Commitment`]); a taken change is waited for, so no answer says "timeout" for
+    /// a change that lands.
     async fn fan_out<T, F, Fut>(
         &self,
         sources: &[Arc<dyn PeerRegistry>],
@@ -408,12 +413,25 @@ impl Coordinator {
         let timeout = self.config.source_timeout;
         join_all(sources.iter().map(|source| {
             let name = source.name();
-            let call = op(Arc::clone(source));
+            let commitment = Arc::new(Commitment::default());
+            let call = Commitment::scope(Arc::clone(&commitment), op(Arc::clone(source)));
             async move {
                 let started = Instant::now();
-                let result = match tokio::time::timeout(timeout, call).await {
-                    Ok(result) => result,
-                    Err(_) => Err(RegistryError::Timeout(timeout)),
+                tokio::pin!(call);
+                let result = tokio::select! {
+                    result = &mut call => result,
+                    () = tokio::time::sleep(timeout) => {
+                        if commitment.withdraw() {
+                            Err(match commitment.waiting_on() {
+                                Some(waiting_on) => RegistryError::Withdrawn { after: timeout, waiting_on },
+                                None => RegistryError::Timeout(timeout),
+                            })
+                        } else {
+                            // The source took the change before the deadline: it lands,
+                            // so the caller waits for it rather than report a failure.
+                            call.await
+                        }
+                    }
                 };
                 self.record_stats(name, started.elapsed(), result.as_ref().err());
                 (name, result)

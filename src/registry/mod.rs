@@ -114,6 +114,12 @@ pub enum RegistryError {
     },
     #[error("did not answer within {0:?}")]
     Timeout(Duration),
+    /// A timeout while the source was waiting on something it can name (a lock another
+    /// process holds); the change was withdrawn, never applied.
+    #[error(
+        "did not answer within {after:?}: {waiting_on}; the change was withdrawn and not applied"
+    )]
+    Withdrawn { after: Duration, waiting_on: String },
     #[error("rate limited; retry after {retry_after_seconds} s")]
     RateLimited { retry_after_seconds: u64 },
     #[error("{0}")]
@@ -136,6 +142,10 @@ impl Clone for RegistryError {
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
             RegistryError::Timeout(after) => RegistryError::Timeout(*after),
+            RegistryError::Withdrawn { after, waiting_on } => RegistryError::Withdrawn {
+                after: *after,
+                waiting_on: waiting_on.clone(),
+            },
             RegistryError::RateLimited {
                 retry_after_seconds,
             } => RegistryError::RateLimited {
@@ -154,6 +164,82 @@ impl RegistryError {
             source,
         }
     }
+}
+
+/// A caller's hold on one change it asked a source to make, shared by the caller (the
+/// coordinator, which gives up at the source timeout) and the source (which applies the
+/// change later, for example once it holds a lock).
+///
+/// The rule it enforces: no answer says "failed" for a change that later lands. A change
+/// the source has not yet *taken* when its caller gives up is withdrawn and never applied;
+/// once taken, the caller does not give up: the change completes and is reported as done.
+#[derive(Debug, Default)]
+pub struct Commitment {
+    state: std::sync::atomic::AtomicU8,
+    waiting_on: std::sync::Mutex<Option<String>>,
+}
+
+const OPEN: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Commitment {
+    /// The source is about to apply the change. False when the caller already withdrew
+    /// it: the source must then drop it unapplied.
+    pub fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        match self.state.compare_exchange(OPEN, TAKEN, AcqRel, Acquire) {
+            Ok(_) => true,
+            Err(state) => state == TAKEN,
+        }
+    }
+
+    /// The caller gives up. True when the change is withdrawn (it will never be applied);
+    /// false when the source already took it, so the caller must wait for its answer.
+    pub fn withdraw(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        match self
+            .state
+            .compare_exchange(OPEN, WITHDRAWN, AcqRel, Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == WITHDRAWN,
+        }
+    }
+
+    pub fn is_withdrawn(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::Acquire) == WITHDRAWN
+    }
+
+    /// What the source is waiting for before it can take the change (said to the caller
+    /// if it gives up), e.g. a lock held by another process.
+    pub fn set_waiting_on(&self, what: String) {
+        if let Ok(mut slot) = self.waiting_on.lock() {
+            *slot = Some(what);
+        }
+    }
+
+    pub fn waiting_on(&self) -> Option<String> {
+        self.waiting_on.lock().ok().and_then(|w| w.clone())
+    }
+
+    /// The commitment of the change being made in this task: the one the coordinator set
+    /// around the call ([`Commitment::scope`]), or a fresh one when there is none (a
+    /// direct call; dropping such a call's future withdraws its change).
+    pub fn current() -> Arc<Commitment> {
+        CURRENT_COMMITMENT
+            .try_with(Arc::clone)
+            .unwrap_or_else(|_| Arc::new(Commitment::default()))
+    }
+
+    /// Runs `call` with `commitment` as [`Commitment::current`].
+    pub async fn scope<F: std::future::Future>(commitment: Arc<Commitment>, call: F) -> F::Output {
+        CURRENT_COMMITMENT.scope(commitment, call).await
+    }
+}
+
+tokio::task_local! {
+    static CURRENT_COMMITMENT: Arc<Commitment>;
 }
 
 /// A registry of peer records. Every method is one atomic step with respect to other

@@ -13,23 +13,37 @@ use crate::peer::PeerRecord;
 #[derive(Debug, Clone, Default)]
 pub(super) struct RegistryFile {
     pub(super) peers: PeerTable,
-    pub(super) last_cleanup: f64,
+    last_cleanup: LastCleanup,
     other: Vec<(String, Box<RawValue>)>,
+}
+
+/// `last_cleanup` as found: a number, or whatever someone else wrote there, which is
+/// written back as it was until a cleanup of this server sets it.
+#[derive(Debug, Clone)]
+enum LastCleanup {
+    Seconds(f64),
+    AsWritten(Box<RawValue>),
+}
+
+impl Default for LastCleanup {
+    fn default() -> Self {
+        LastCleanup::Seconds(0.0)
+    }
 }
 
 impl RegistryFile {
     /// Parses the file as it streams in: each record is read as raw text, checked, and
     /// kept as its text in the table, so the file's bytes are never all in memory at
-    /// once. `size` (the file's length) sizes the table's arena.
-    pub(super) fn parse(input: impl Read, size: usize) -> Result<Self, serde_json::Error> {
+    /// once. `size` (the file's length) sizes the table's arena. `None` for empty (or
+    /// blank) input: what a crashed `touch`-then-write leaves, but also what a writer in
+    /// place shows right after it truncated the file, so the caller decides.
+    pub(super) fn parse(input: impl Read, size: usize) -> Result<Option<Self>, serde_json::Error> {
         let mut input = std::io::BufReader::with_capacity(256 * 1024, input);
-        // An empty (or blank) file is what a crashed `touch`-then-write leaves: nothing
-        // is lost, it is an empty registry.
         loop {
             let buffered = input.fill_buf().map_err(serde_json::Error::io)?;
             match buffered.iter().position(|b| !b.is_ascii_whitespace()) {
                 Some(_) => break,
-                None if buffered.is_empty() => return Ok(RegistryFile::default()),
+                None if buffered.is_empty() => return Ok(None),
                 None => {
                     let n = buffered.len();
                     input.consume(n);
@@ -44,7 +58,12 @@ impl RegistryFile {
             },
         )?;
         deserializer.end()?;
-        Ok(file)
+        Ok(Some(file))
+    }
+
+    /// Records that a cleanup ran at `now` (Unix seconds).
+    pub(super) fn set_last_cleanup(&mut self, now: f64) {
+        self.last_cleanup = LastCleanup::Seconds(now);
     }
 
     /// Writes the file as compact JSON, copying each record's text.
@@ -59,7 +78,10 @@ impl RegistryFile {
             out.write_all(text)?;
         }
         out.write_all(b"},\"last_cleanup\":")?;
-        serde_json::to_writer(&mut *out, &self.last_cleanup)?;
+        match &self.last_cleanup {
+            LastCleanup::Seconds(seconds) => serde_json::to_writer(&mut *out, seconds)?,
+            LastCleanup::AsWritten(raw) => out.write_all(raw.get().as_bytes())?,
+        }
         for (key, value) in &self.other {
             out.write_all(b",")?;
             serde_json::to_writer(&mut *out, key)?;
@@ -110,7 +132,16 @@ impl<'de> serde::de::Visitor<'de> for FileVisitor {
                 "peers" => map.next_value_seed(PeersSeed(&mut file.peers))?,
                 "last_cleanup" => {
                     let raw: Box<RawValue> = map.next_value()?;
-                    file.last_cleanup = serde_json::from_str(raw.get()).unwrap_or(0.0);
+                    file.last_cleanup = match serde_json::from_str::<f64>(raw.get()) {
+                        Ok(seconds) => LastCleanup::Seconds(seconds),
+                        Err(_) => {
+                            tracing::warn!(
+                                value = raw.get(),
+                                "registry file has a `last_cleanup` that is not a number; it is kept as written"
+                            );
+                            LastCleanup::AsWritten(raw)
+                        }
+                    };
                 }
                 _ => file.other.push((key, map.next_value()?)),
             }
@@ -160,7 +191,9 @@ impl<'de> serde::de::Visitor<'de> for PeersSeed<'_> {
 /// `None` when the bytes are not a registry file. Public for the fuzz target.
 #[doc(hidden)]
 pub fn reencode_registry_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
-    let file = RegistryFile::parse(bytes, bytes.len()).ok()?;
+    let file = RegistryFile::parse(bytes, bytes.len())
+        .ok()?
+        .unwrap_or_default();
     let mut out = Vec::new();
     file.write_to(&mut out).ok()?;
     Some(out)
@@ -186,10 +219,36 @@ mod tests {
     }
 
     /// The file's size only sizes the arena up to a cap, so a file that claims to be
-    /// huge (sparse, or larger than memory) is read, not allocated for.
+    /// huge (sparse, or larger than memory) is read, not allocated for. (A hint of 4 GiB
+    /// is one the machine could reserve: only the cap keeps it out.)
     #[test]
     fn a_huge_size_hint_is_not_allocated() {
-        let file = RegistryFile::parse(&br#"{"peers":{}}"#[..], usize::MAX).expect("parses");
+        let file = RegistryFile::parse(&br#"{"peers":{}}"#[..], 4 << 30)
+            .expect("parses")
+            .expect("not blank");
         assert_eq!(file.peers.len(), 0);
+        assert!(
+            file.peers.arena_capacity() <= super::super::table::MAX_ARENA_RESERVE,
+            "reserved {} bytes",
+            file.peers.arena_capacity()
+        );
+    }
+
+    /// A `last_cleanup` that is not a number is written back as it was, not as 0; a
+    /// cleanup replaces it.
+    #[test]
+    fn a_foreign_last_cleanup_is_kept_as_written() {
+        let input = br#"{"peers":{},"last_cleanup":"yesterday"}"#;
+        let once = reencode_registry_bytes(input).expect("loads");
+        let value: serde_json::Value = serde_json::from_slice(&once).expect("json");
+        assert_eq!(value["last_cleanup"], "yesterday");
+        let mut file = RegistryFile::parse(&input[..], input.len())
+            .expect("parses")
+            .expect("not blank");
+        file.set_last_cleanup(12.5);
+        let mut out = Vec::new();
+        file.write_to(&mut out).expect("write");
+        let value: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(value["last_cleanup"], 12.5);
     }
 }

@@ -3,14 +3,27 @@
 //!
 //! File format: `{"peers": {"<peer_id>": {record}}, "last_cleanup": <unix seconds>}`.
 //!
-//! Safety rules, each closing a hole of the Python module:
-//! - every read-modify-write holds an advisory lock on the sidecar `<file>.lock` (the data
-//!   file's inode is replaced by each rename, so a lock on it would protect nothing);
-//! - every write goes to a temp file in the same folder, is fsynced, renamed over the data
-//!   file, and the folder is fsynced, so a crash leaves the old or the new file, never half;
-//! - a file that does not parse is renamed to `<file>.corrupt-<unix time>` and reported,
-//!   never overwritten; records that break a rule are kept in the file but not served;
-//! - a parsed file is cached and re-read only when its inode, size or mtime change.
+//! What it promises, and how (docs/registry-format.md says the same for users):
+//! - Writers never lose each other's changes. Every read-modify-write holds an advisory
+//!   lock on the registry's *folder*, which no tmp cleaner can delete from under its
+//!   holder (a lock on a sidecar file can be: the file is deleted, the next writer makes a
+//!   new one and both "hold the lock"). The sidecar `<file>.lock` that earlier releases
+//!   locked is locked too, so servers of both releases exclude each other during an
+//!   upgrade. The data file itself cannot carry the lock: each rename replaces its inode.
+//! - A crash or a power cut leaves the old file or the new one, never half of one: every
+//!   write goes to a temp file in the same folder, which is fsynced, renamed over the data
+//!   file, and the folder is fsynced. The answer goes out only after that.
+//! - A file that does not parse may be half-written by a writer that takes no lock (the
+//!   Python module writes in place): readers retry briefly and then serve the last good
+//!   view; they never move a file. Only a writer, under the lock, keeps a file aside
+//!   (`<file>.corrupt-<unix time>`), and only once it has stayed unparseable and unchanged
+//!   (inode, size, mtime) for [`CORRUPT_AFTER`]. Records that break a rule are kept in the
+//!   file as written but not served.
+//! - A change whose caller gave up before the lock was taken is withdrawn, never applied
+//!   later; one that took the lock completes (see [`crate::registry::Commitment`]).
+//! - A symlinked registry path is resolved: the target is read, written and locked.
+//! - The file is written with mode 0600 (peer records are no one else's business).
+//! - A parsed file is cached and re-read only when its inode, size or mtime change.
 //!
 //! The parsed file is a [`format::RegistryFile`] (the file's layout, streamed in and
 //! written back) over a [`table::PeerTable`] (the records, held compactly).
@@ -21,16 +34,35 @@ mod table;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Listing, PeerRegistry, Progress, RegistryError, SourceName, Stored};
+use super::{Commitment, Listing, PeerRegistry, Progress, RegistryError, SourceName, Stored};
 use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
 use format::RegistryFile;
 #[doc(hidden)]
 pub use format::reencode_registry_bytes;
+
+/// How long a file must stay unparseable and unchanged, under the lock, before a writer
+/// keeps it aside. A writer that takes no lock finishes a rewrite well within this.
+pub const CORRUPT_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a writer holding the lock waits for a file that keeps changing and never
+/// parses (someone rewriting it in a loop) before its batch fails.
+const UNSETTLED_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long a reader retries a file that does not parse while it keeps changing, before
+/// it serves the last good view.
+const READ_SETTLE: Duration = Duration::from_millis(250);
+
+/// The pause between two looks at a file that did not parse.
+const REREAD_PAUSE: Duration = Duration::from_millis(10);
+
+/// The longest pause between two attempts to take a lock another process holds.
+const LOCK_POLL_MAX: Duration = Duration::from_millis(16);
 
 /// The registry file on disk, as a cheap cloneable handle.
 #[derive(Clone)]
@@ -39,19 +71,34 @@ pub struct LocalFileRegistry {
 }
 
 struct Inner {
+    /// The data file (a symlinked path resolved to its target).
     path: PathBuf,
-    lock_path: PathBuf,
-    /// The last parsed content and the stamp of the file it came from.
+    /// Its folder: locked by every read-modify-write.
+    dir: PathBuf,
+    /// The sidecar that earlier releases locked; locked too.
+    legacy_lock_path: PathBuf,
+    /// The last good parse and the stamp of the file it came from. Readers serve it while
+    /// the file on disk does not parse.
     cache: Mutex<Option<Snapshot>>,
     notices: Mutex<Vec<String>>,
     /// How many times the file was read and parsed (the cache makes this rare).
-    parses: std::sync::atomic::AtomicU64,
+    parses: AtomicU64,
     /// Held while the file is parsed.
     parsing: Mutex<()>,
     /// Changes waiting for the next write (group commit).
     queue: Mutex<WriteQueue>,
     /// How many times the file was written (a batch of changes is one write).
-    writes: std::sync::atomic::AtomicU64,
+    writes: AtomicU64,
+    /// Whether temp files left by a killed writer were removed (needs the lock).
+    swept: AtomicBool,
+    /// Whether narrowing a readable file to 0600 was logged (once is enough).
+    narrowed: AtomicBool,
+    /// Since when the writer waits for a lock another process holds.
+    lock_wait: Mutex<Option<Instant>>,
+    /// Every fsync and rename of a write, in order, for the test that proves none is
+    /// skipped.
+    #[cfg(test)]
+    durability_log: Mutex<Vec<&'static str>>,
 }
 
 /// Group commit: changes that arrive while the file is being written wait here and then
@@ -75,6 +122,8 @@ enum Applied {
 
 /// A queued change, its answer type erased.
 trait Pending: Send {
+    /// The caller's hold on the change: withdrawn changes are dropped unapplied.
+    fn commitment(&self) -> &Commitment;
     /// Applies the change to the file. A change that fails must leave the file as it
     /// was: the others of its batch are still written.
     fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> Applied;
@@ -85,6 +134,7 @@ trait Pending: Send {
 
 /// A change and the caller waiting for its answer.
 struct Waiting<T, F> {
+    commitment: Arc<Commitment>,
     change: Option<F>,
     outcome: Option<Result<T, RegistryError>>,
     reply: tokio::sync::oneshot::Sender<Result<T, RegistryError>>,
@@ -95,6 +145,10 @@ where
     T: Send,
     F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), RegistryError> + Send,
 {
+    fn commitment(&self) -> &Commitment {
+        &self.commitment
+    }
+
     fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> Applied {
         let Some(change) = self.change.take() else {
             return Applied::Unchanged;
@@ -126,7 +180,8 @@ where
                 "a registry change was never applied".to_owned(),
             )),
         };
-        // The caller may have given up (a source timeout); the change stands anyway.
+        // A caller that took part in a write does not give up (see `Commitment`); a
+        // dropped receiver only means its whole call was cancelled.
         let _ = self.reply.send(answer);
     }
 }
@@ -160,13 +215,42 @@ impl FileStamp {
     }
 }
 
+/// The file as one look at it found it.
+enum Read {
+    Parsed(Snapshot),
+    /// The file exists but does not parse (yet: it may be half-written), or is empty
+    /// (a writer in place truncates it first).
+    Unsettled {
+        why: Unsettled,
+        stamp: FileStamp,
+    },
+}
+
+enum Unsettled {
+    Empty,
+    Unparseable(serde_json::Error),
+}
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsettled::Empty => f.write_str("it is empty"),
+            Unsettled::Unparseable(e) => write!(f, "it did not parse: {e}"),
+        }
+    }
+}
+
 impl LocalFileRegistry {
-    /// Opens (creating folders as needed) the registry at `path`: takes the lock once to
-    /// prove the folder is writable and removes temp files a killed writer left. The file
-    /// itself is read by the first call (or [`PeerRegistry::warm_up`]), so a large registry
-    /// does not delay the server's start. Blocking; call before serving.
+    /// Opens (creating folders as needed) the registry at `path`, resolving a symlinked
+    /// path to its target. Refuses a path that is a directory, a FIFO or anything else
+    /// but a regular file, and a folder where no file can be created. Never waits for
+    /// the lock: the file is read by the first call (or [`PeerRegistry::warm_up`]), and
+    /// temp files a killed writer left are removed now if the lock is free, else by the
+    /// first write. Blocking; call before serving.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, RegistryError> {
-        let path = path.into();
+        let given = path.into();
+        let path = resolve_symlinks(&given)
+            .map_err(|e| RegistryError::io("resolving the symlink", &given, e))?;
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -179,32 +263,57 @@ impl LocalFileRegistry {
             })?;
         let dir = parent_dir(&path);
         fs::create_dir_all(&dir).map_err(|e| RegistryError::io("creating folder", &dir, e))?;
-        let lock_path = dir.join(format!("{file_name}.lock"));
+        match fs::metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                let kind = if meta.is_dir() {
+                    "a directory"
+                } else {
+                    "not a regular file (a FIFO, socket or device)"
+                };
+                return Err(RegistryError::io(
+                    "opening registry",
+                    &path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("it is {kind}; give the path of a JSON file"),
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RegistryError::io("opening registry", &path, e)),
+        }
+        // Writes go through a temp file in the folder: prove now that one can be made.
+        tempfile::Builder::new()
+            .prefix(&temp_prefix(&file_name))
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| RegistryError::io("creating a file in", &dir, e))?;
         let inner = Inner {
+            legacy_lock_path: dir.join(format!("{file_name}.lock")),
             path,
-            lock_path,
+            dir,
             cache: Mutex::new(None),
             notices: Mutex::new(Vec::new()),
-            parses: std::sync::atomic::AtomicU64::new(0),
+            parses: AtomicU64::new(0),
             parsing: Mutex::new(()),
             queue: Mutex::new(WriteQueue::default()),
-            writes: std::sync::atomic::AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            swept: AtomicBool::new(false),
+            narrowed: AtomicBool::new(false),
+            lock_wait: Mutex::new(None),
+            #[cfg(test)]
+            durability_log: Mutex::new(Vec::new()),
         };
-        {
-            let _lock = inner.lock()?;
-            inner.remove_stale_temp_files(&dir, &file_name);
-            // Writes go through a temp file in the folder: prove now that one can be made.
-            tempfile::Builder::new()
-                .prefix(&Inner::temp_prefix(&file_name))
-                .suffix(".tmp")
-                .tempfile_in(&dir)
-                .map_err(|e| RegistryError::io("creating a file in", &dir, e))?;
+        if let Ok(Some(_lock)) = inner.try_lock() {
+            inner.sweep_temp_files();
         }
         Ok(LocalFileRegistry {
             inner: Arc::new(inner),
         })
     }
 
+    /// The data file (the target, when the configured path is a symlink).
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -222,16 +331,31 @@ impl LocalFileRegistry {
 
     /// Queues `change` for the next write and waits until that write is durable (or
     /// failed). `change` returns its answer and whether it changed the file; a batch in
-    /// which nothing changed is not written.
+    /// which nothing changed is not written. If the caller gives up (drops this future, or
+    /// the coordinator withdraws its [`Commitment`]) before the writer took the change,
+    /// the change is never applied.
     async fn commit<T, F>(&self, change: F) -> Result<T, RegistryError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), RegistryError> + Send + 'static,
     {
+        /// Withdraws the change when the caller's future is dropped before an answer.
+        struct WithdrawOnDrop(Arc<Commitment>);
+        impl Drop for WithdrawOnDrop {
+            fn drop(&mut self) {
+                self.0.withdraw();
+            }
+        }
+        let commitment = Commitment::current();
+        let _withdraw = WithdrawOnDrop(Arc::clone(&commitment));
         let (reply, answer) = tokio::sync::oneshot::channel();
         let lead = {
             let mut queue = self.inner.queue();
+            if let Some(since) = self.inner.waiting_for_lock() {
+                commitment.set_waiting_on(self.inner.lock_wait_text(since));
+            }
             queue.pending.push(Box::new(Waiting {
+                commitment,
                 change: Some(change),
                 outcome: None,
                 reply,
@@ -249,11 +373,38 @@ impl LocalFileRegistry {
     }
 }
 
+/// Follows a chain of symlinks at `path` (not only its last hop) to the file it names,
+/// which may not exist yet.
+fn resolve_symlinks(path: &Path) -> std::io::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = fs::read_link(&path)?;
+                path = if target.is_absolute() {
+                    target
+                } else {
+                    parent_dir(&path).join(target)
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "too many levels of symbolic links",
+    ))
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+fn temp_prefix(file_name: &str) -> String {
+    format!(".{file_name}.")
 }
 
 fn unix_now() -> u64 {
@@ -262,29 +413,70 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Holds the advisory lock until dropped (closing the file releases it).
-struct LockGuard(#[allow(dead_code)] File);
+/// Holds both advisory locks until dropped (closing the files releases them).
+struct LockGuard {
+    _folder: File,
+    _legacy: File,
+}
 
 impl Inner {
-    fn lock(&self) -> Result<LockGuard, RegistryError> {
-        let file = OpenOptions::new()
+    /// Takes the folder lock and the legacy sidecar lock if both are free; `None` when
+    /// another process holds either.
+    fn try_lock(&self) -> Result<Option<LockGuard>, RegistryError> {
+        let folder = File::open(&self.dir)
+            .map_err(|e| RegistryError::io("opening the folder to lock", &self.dir, e))?;
+        if !try_lock_file(&folder, &self.dir)? {
+            return Ok(None);
+        }
+        // Created again if a tmp cleaner deleted it; the folder lock is what protects us.
+        let legacy = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| RegistryError::io("opening lock file", &self.lock_path, e))?;
-        file.lock()
-            .map_err(|e| RegistryError::io("locking", &self.lock_path, e))?;
-        Ok(LockGuard(file))
+            .open(&self.legacy_lock_path)
+            .map_err(|e| RegistryError::io("opening lock file", &self.legacy_lock_path, e))?;
+        if !try_lock_file(&legacy, &self.legacy_lock_path)? {
+            return Ok(None);
+        }
+        Ok(Some(LockGuard {
+            _folder: folder,
+            _legacy: legacy,
+        }))
     }
 
-    fn temp_prefix(file_name: &str) -> String {
-        format!(".{file_name}.")
+    /// Since when the writer waits for a lock another process holds, if it does.
+    fn waiting_for_lock(&self) -> Option<Instant> {
+        self.lock_wait.lock().ok().and_then(|w| *w)
     }
 
-    fn remove_stale_temp_files(&self, dir: &Path, file_name: &str) {
-        let prefix = Self::temp_prefix(file_name);
-        let Ok(entries) = fs::read_dir(dir) else {
+    fn lock_wait_text(&self, since: Instant) -> String {
+        format!(
+            "waiting {:.1} s for the lock on `{}`, which another process holds (a stopped or busy peer-discovery-mcp, or an older one holding `{}`)",
+            since.elapsed().as_secs_f64(),
+            self.dir.display(),
+            self.legacy_lock_path.display()
+        )
+    }
+
+    fn set_lock_wait(&self, since: Option<Instant>) {
+        if let Ok(mut wait) = self.lock_wait.lock() {
+            *wait = since;
+        }
+    }
+
+    /// Removes temp files a killed writer left. Only while holding the lock: a live
+    /// writer's temp file must not go.
+    fn sweep_temp_files(&self) {
+        if self.swept.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let prefix = temp_prefix(&file_name);
+        let Ok(entries) = fs::read_dir(&self.dir) else {
             return;
         };
         for entry in entries.flatten() {
@@ -328,13 +520,12 @@ impl Inner {
         }
     }
 
-    /// Reads the file as it is now: the cached parse when the file has not changed.
-    /// `Err(bytes)`-style outcome: `Ok(Err(e))` means the file exists but does not parse.
-    fn read_current(&self) -> Result<Result<Snapshot, serde_json::Error>, RegistryError> {
+    /// One look at the file as it is now: the cached parse when the file has not changed.
+    fn read_once(&self) -> Result<Read, RegistryError> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Ok(Snapshot {
+                return Ok(Read::Parsed(Snapshot {
                     stamp: None,
                     file: Arc::new(RegistryFile::default()),
                 }));
@@ -345,11 +536,11 @@ impl Inner {
         let meta = file
             .metadata()
             .map_err(|e| RegistryError::io("reading", &self.path, e))?;
-        let stamp = Some(FileStamp::of(&meta));
+        let stamp = FileStamp::of(&meta);
         if let Some(snapshot) = self.cached()
-            && snapshot.stamp == stamp
+            && snapshot.stamp == Some(stamp)
         {
-            return Ok(Ok(snapshot));
+            return Ok(Read::Parsed(snapshot));
         }
         // One parse at a time: callers that arrive while a parse of this same version is
         // under way wait for it instead of holding a second copy of the registry.
@@ -358,42 +549,70 @@ impl Inner {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(snapshot) = self.cached()
-            && snapshot.stamp == stamp
+            && snapshot.stamp == Some(stamp)
         {
-            return Ok(Ok(snapshot));
+            return Ok(Read::Parsed(snapshot));
         }
-        self.parses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let parsed = RegistryFile::parse(&mut file, usize::try_from(meta.len()).unwrap_or(0));
-        if let Err(e) = &parsed
-            && e.is_io()
-        {
-            return Err(RegistryError::io(
+        self.parses.fetch_add(1, Ordering::Relaxed);
+        match RegistryFile::parse(&mut file, usize::try_from(meta.len()).unwrap_or(0)) {
+            // Empty, or truncated since the stamp was taken.
+            Ok(None) => Ok(Read::Unsettled {
+                why: Unsettled::Empty,
+                stamp,
+            }),
+            Ok(Some(parsed)) => {
+                let snapshot = Snapshot {
+                    stamp: Some(stamp),
+                    file: Arc::new(parsed),
+                };
+                self.set_cache(Some(snapshot.clone()));
+                Ok(Read::Parsed(snapshot))
+            }
+            Err(e) if e.is_io() => Err(RegistryError::io(
                 "reading",
                 &self.path,
                 std::io::Error::other(e.to_string()),
-            ));
-        }
-        Ok(parsed.map(|parsed| {
-            let snapshot = Snapshot {
+            )),
+            Err(error) => Ok(Read::Unsettled {
+                why: Unsettled::Unparseable(error),
                 stamp,
-                file: Arc::new(parsed),
-            };
-            self.set_cache(Some(snapshot.clone()));
-            snapshot
-        }))
+            }),
+        }
     }
 
-    /// The current content, for a caller that holds the lock: a corrupt file is kept aside
-    /// and the registry goes on from an empty state.
+    /// The current content, for a caller that holds the lock. A file that does not parse
+    /// (or is empty) is looked at again until it parses (a writer that takes no lock
+    /// finished), or until it has stayed so and unchanged for [`CORRUPT_AFTER`]: then an
+    /// empty file is an empty registry, and one that does not parse is kept aside,
+    /// reported, and the registry goes on from an empty state.
     fn load_locked(&self) -> Result<Snapshot, RegistryError> {
-        match self.read_current()? {
-            Ok(snapshot) => Ok(snapshot),
-            Err(parse_error) => {
+        let started = Instant::now();
+        let mut seen: Option<(FileStamp, Instant)> = None;
+        loop {
+            let (why, stamp) = match self.read_once()? {
+                Read::Parsed(snapshot) => return Ok(snapshot),
+                Read::Unsettled { why, stamp } => (why, stamp),
+            };
+            let unchanged_since = match seen {
+                Some((seen_stamp, since)) if seen_stamp == stamp => since,
+                _ => {
+                    seen = Some((stamp, Instant::now()));
+                    Instant::now()
+                }
+            };
+            if unchanged_since.elapsed() >= CORRUPT_AFTER {
+                let Unsettled::Unparseable(error) = why else {
+                    // Nothing in it to lose: an empty registry.
+                    return Ok(Snapshot {
+                        stamp: None,
+                        file: Arc::new(RegistryFile::default()),
+                    });
+                };
                 let aside = self.keep_aside()?;
                 self.notice(format!(
-                    "registry file `{}` did not parse ({parse_error}); it was kept aside as `{}` and the registry started again from empty",
+                    "registry file `{}` did not parse ({error}) and stayed unchanged for {} s; it was kept aside as `{}` and the registry started again from empty (see docs/registry-format.md to recover its peers)",
                     self.path.display(),
+                    CORRUPT_AFTER.as_secs(),
                     aside.display()
                 ));
                 let snapshot = Snapshot {
@@ -401,8 +620,16 @@ impl Inner {
                     file: Arc::new(RegistryFile::default()),
                 };
                 self.set_cache(Some(snapshot.clone()));
-                Ok(snapshot)
+                return Ok(snapshot);
             }
+            if started.elapsed() >= UNSETTLED_LIMIT {
+                return Err(RegistryError::Remote(format!(
+                    "registry file `{}` kept changing for {} s without ever parsing (last time {why}); another process is rewriting it; nothing was written, retry later",
+                    self.path.display(),
+                    UNSETTLED_LIMIT.as_secs()
+                )));
+            }
+            std::thread::sleep(REREAD_PAUSE);
         }
     }
 
@@ -419,15 +646,43 @@ impl Inner {
         Ok(aside)
     }
 
-    /// The current content for a reader. Readers take no lock (writes are atomic renames);
-    /// only a corrupt file sends them through the locked path, which keeps it aside.
+    /// The current content for a reader, who takes no lock (writers replace the file by
+    /// an atomic rename) and never moves a file. A file that does not parse is served as
+    /// the last good view, with a notice. With no good view yet (a cold start), it is
+    /// looked at again while it keeps changing, for up to [`READ_SETTLE`]; then the read
+    /// fails with a message that says to retry (an empty file that does not change is an
+    /// empty registry).
     fn read(&self) -> Result<Arc<RegistryFile>, RegistryError> {
-        match self.read_current()? {
-            Ok(snapshot) => Ok(snapshot.file),
-            Err(_) => {
-                let _lock = self.lock()?;
-                Ok(self.load_locked()?.file)
+        let started = Instant::now();
+        let mut last_stamp = None;
+        loop {
+            let (why, stamp) = match self.read_once()? {
+                Read::Parsed(snapshot) => return Ok(snapshot.file),
+                Read::Unsettled { why, stamp } => (why, stamp),
+            };
+            let settled = last_stamp == Some(stamp);
+            // With a good view at hand there is nothing to wait for: it is what a read a
+            // moment earlier would have returned.
+            let have_good_view = self.cached().is_some();
+            if have_good_view || settled || started.elapsed() >= READ_SETTLE {
+                return match (self.cached(), why) {
+                    (Some(good), why) => {
+                        self.notice(format!(
+                            "registry file `{}` cannot be read right now ({why}): another process may be writing it; served the last good view",
+                            self.path.display()
+                        ));
+                        Ok(good.file)
+                    }
+                    // Empty and not being written: an empty registry, nothing hidden.
+                    (None, Unsettled::Empty) if settled => Ok(Arc::new(RegistryFile::default())),
+                    (None, why) => Err(RegistryError::Remote(format!(
+                        "registry file `{}` cannot be read ({why}): another process may be writing it; retry in a moment (a writer keeps it aside if it stays broken)",
+                        self.path.display()
+                    ))),
+                };
             }
+            last_stamp = Some(stamp);
+            std::thread::sleep(REREAD_PAUSE);
         }
     }
 
@@ -458,6 +713,7 @@ impl Inner {
         impl Drop for Unstick {
             fn drop(&mut self) {
                 if std::thread::panicking() {
+                    self.0.set_lock_wait(None);
                     let restart = {
                         let mut queue = self.0.queue();
                         queue.writing = !queue.pending.is_empty();
@@ -471,6 +727,22 @@ impl Inner {
         }
         let _unstick = Unstick(Arc::clone(self));
         loop {
+            let lock = match self.wait_for_lock() {
+                Ok(Some(lock)) => lock,
+                // Every waiting caller gave up: nothing to write.
+                Ok(None) => return,
+                Err(e) => {
+                    let failed = {
+                        let mut queue = self.queue();
+                        queue.writing = false;
+                        std::mem::take(&mut queue.pending)
+                    };
+                    for change in failed {
+                        change.answer(Err(e.clone()));
+                    }
+                    return;
+                }
+            };
             let mut batch = {
                 let mut queue = self.queue();
                 if queue.pending.is_empty() {
@@ -479,17 +751,62 @@ impl Inner {
                 }
                 std::mem::take(&mut queue.pending)
             };
+            // The changes whose callers are still there are taken: from here on they land
+            // and their callers wait for them. The others are dropped, never applied.
+            batch.retain(|change| change.commitment().take());
+            if !self.swept.load(Ordering::Acquire) {
+                self.sweep_temp_files();
+            }
             let written = self.apply_and_write(&mut batch);
+            drop(lock);
             for change in batch {
                 change.answer(written.clone());
             }
         }
     }
 
-    /// One read-modify-write under the lock for a whole batch of changes, in the order
-    /// they were queued; the file is written once if any of them changed it.
+    /// Takes the lock, polling while another process holds it so that callers who give up
+    /// meanwhile are let go. `None` when every queued change was withdrawn (the queue is
+    /// then empty and no writer runs).
+    fn wait_for_lock(&self) -> Result<Option<LockGuard>, RegistryError> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let taken = self.try_lock();
+            if !matches!(taken, Ok(None)) {
+                self.set_lock_wait(None);
+                return taken;
+            }
+            let since = self.waiting_for_lock().unwrap_or_else(|| {
+                let now = Instant::now();
+                self.set_lock_wait(Some(now));
+                now
+            });
+            {
+                let mut queue = self.queue();
+                queue.pending.retain(|c| !c.commitment().is_withdrawn());
+                if queue.pending.is_empty() {
+                    queue.writing = false;
+                    drop(queue);
+                    self.set_lock_wait(None);
+                    return Ok(None);
+                }
+                let waiting_on = self.lock_wait_text(since);
+                for change in &queue.pending {
+                    change.commitment().set_waiting_on(waiting_on.clone());
+                }
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+        }
+    }
+
+    /// One read-modify-write, under the lock the caller holds, for a whole batch of
+    /// changes, in the order they were queued; the file is written once if any of them
+    /// changed it.
     fn apply_and_write(&self, batch: &mut [Box<dyn Pending>]) -> Result<(), RegistryError> {
-        let _lock = self.lock()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
         let snapshot = self.load_locked()?;
         // Drop our cache's reference so that, with no reader holding the old version,
         // make_mut edits in place instead of copying every record.
@@ -503,8 +820,7 @@ impl Inner {
             .collect();
         if applied.contains(&Applied::Changed) {
             let written = self.write_atomically(&file, batch.len())?;
-            self.writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.writes.fetch_add(1, Ordering::Relaxed);
             // Without a stamp of what was written, the next read parses the file again.
             self.set_cache(written.map(|stamp| Snapshot {
                 stamp: Some(stamp),
@@ -518,29 +834,37 @@ impl Inner {
         Ok(())
     }
 
-    /// Temp file in the same folder, fsync, rename over the data file, fsync the folder.
+    #[cfg(test)]
+    fn log_durability(&self, step: &'static str) {
+        if let Ok(mut log) = self.durability_log.lock() {
+            log.push(step);
+        }
+    }
+
+    #[cfg(not(test))]
+    fn log_durability(&self, _step: &'static str) {}
+
+    /// Temp file in the same folder (mode 0600), fsync, rename over the data file, fsync
+    /// the folder.
     fn write_atomically(
         &self,
         content: &RegistryFile,
         changes: usize,
     ) -> Result<Option<FileStamp>, RegistryError> {
-        let dir = parent_dir(&self.path);
         let file_name = self
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let io = |action| move |e| RegistryError::io(action, &self.path, e);
+        // tempfile creates the file with mode 0600, which the rename carries over.
         let mut temp = tempfile::Builder::new()
-            .prefix(&Self::temp_prefix(&file_name))
+            .prefix(&temp_prefix(&file_name))
             .suffix(".tmp")
-            .tempfile_in(&dir)
+            .tempfile_in(&self.dir)
             .map_err(io("creating temp file for"))?;
-        // Keep the permissions of the file being replaced (tempfile creates 0600).
-        if let Ok(meta) = fs::metadata(&self.path) {
-            let _ = temp.as_file().set_permissions(meta.permissions());
-        }
-        let started = std::time::Instant::now();
+        self.note_narrowed_permissions();
+        let started = Instant::now();
         {
             let mut writer = BufWriter::with_capacity(256 * 1024, temp.as_file_mut());
             content.write_to(&mut writer).map_err(io("writing"))?;
@@ -548,6 +872,7 @@ impl Inner {
         }
         let written = started.elapsed();
         temp.as_file().sync_all().map_err(io("syncing"))?;
+        self.log_durability("sync temp file");
         tracing::debug!(
             peers = content.peers.len(),
             changes,
@@ -558,9 +883,16 @@ impl Inner {
         let file = temp
             .persist(&self.path)
             .map_err(|e| RegistryError::io("replacing", &self.path, e.error))?;
-        if let Ok(dir_handle) = File::open(&dir) {
-            // Makes the rename itself durable; some file systems refuse, which is harmless.
-            let _ = dir_handle.sync_all();
+        self.log_durability("rename over the data file");
+        // Makes the rename itself durable. The change is in the file already and is
+        // answered as done either way; a failure here only weakens the power-cut promise,
+        // so it is logged and reported rather than reported as a failed write.
+        match File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            Ok(()) => self.log_durability("sync folder"),
+            Err(e) => self.notice(format!(
+                "the registry was written, but syncing its folder `{}` failed ({e}): the last change may not survive a power cut",
+                self.dir.display()
+            )),
         }
         // The write is durable from here on: a failure to stamp it only costs a re-read.
         match file.metadata() {
@@ -570,6 +902,35 @@ impl Inner {
                 Ok(None)
             }
         }
+    }
+
+    /// A registry file that others could read (the Python module creates it 0644) is
+    /// replaced by one only its owner can: say so once.
+    fn note_narrowed_permissions(&self) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = fs::metadata(&self.path)
+                && meta.permissions().mode() & 0o077 != 0
+                && !self.narrowed.swap(true, Ordering::AcqRel)
+            {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the registry file was readable by other users; it is now written with mode 600"
+                );
+            }
+        }
+    }
+}
+
+/// Tries to take an advisory lock on `file` without waiting: false when another process
+/// holds it.
+fn try_lock_file(file: &File, path: &Path) -> Result<bool, RegistryError> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(fs::TryLockError::WouldBlock) => Ok(false),
+        Err(fs::TryLockError::Error(e)) => Err(RegistryError::io("locking", path, e)),
     }
 }
 
@@ -667,7 +1028,7 @@ impl PeerRegistry for LocalFileRegistry {
         self.commit(move |_, file| {
             let removed = file.peers.remove_expired(now);
             if !removed.is_empty() {
-                file.last_cleanup = now;
+                file.set_last_cleanup(now);
             }
             let changed = !removed.is_empty();
             Ok((removed, changed))
@@ -799,49 +1160,199 @@ mod tests {
         assert_eq!(json["peers"]["old"]["first_seen"], 1.0);
     }
 
-    /// A file that does not parse is kept aside, reported once, and never overwritten.
+    fn corrupt_files(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// A reader never moves a file that does not parse: with no good view it fails with a
+    /// message that says to retry; with one, it serves it and says why.
     #[tokio::test]
-    async fn corrupt_file_is_kept_aside_and_reported() {
+    async fn readers_never_move_a_file_that_does_not_parse() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
         fs::write(&path, b"{\"peers\": {\"a\": tru").expect("seed");
         let reg = LocalFileRegistry::open(&path).expect("open");
         reg.warm_up().await;
-        let notices = reg.take_notices();
-        assert_eq!(notices.len(), 1, "{notices:?}");
-        assert!(notices[0].contains("did not parse"), "{}", notices[0]);
-        assert!(reg.take_notices().is_empty());
-        let aside: Vec<_> = fs::read_dir(dir.path())
-            .expect("dir")
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
-            .collect();
-        assert_eq!(aside.len(), 1);
-        assert_eq!(
-            fs::read(aside[0].path()).expect("aside"),
-            b"{\"peers\": {\"a\": tru"
-        );
+        let error = reg.list_all(&all(0.0)).await.expect_err("no good view");
         assert!(
-            reg.list_all(&all(0.0))
-                .await
-                .expect("list")
-                .peers
-                .is_empty()
+            error
+                .to_string()
+                .contains("another process may be writing it")
+                && error.to_string().contains("retry"),
+            "{error}"
         );
+        assert!(corrupt_files(dir.path()).is_empty());
 
-        // Corrupted again while running: the next read keeps that one aside too.
+        fs::remove_file(&path).expect("remove");
         reg.register(record("b", &[], 60, 1.0))
             .await
             .expect("register");
-        fs::write(&path, b"garbage").expect("corrupt");
+        fs::write(&path, b"{\"peers\": {\"b\": ").expect("half-written");
+        let served = reg.list_all(&all(2.0)).await.expect("the last good view");
+        assert_eq!(served.peers.len(), 1);
+        let notices = reg.take_notices();
         assert!(
-            reg.list_all(&all(2.0))
-                .await
-                .expect("list")
-                .peers
-                .is_empty()
+            notices[0].contains("served the last good view"),
+            "{notices:?}"
         );
-        assert_eq!(reg.take_notices().len(), 1);
+        assert!(corrupt_files(dir.path()).is_empty());
+        assert_eq!(fs::read(&path).expect("file"), b"{\"peers\": {\"b\": ");
+    }
+
+    /// A writer keeps a file aside only once it stayed unparseable and unchanged for
+    /// `CORRUPT_AFTER` under the lock; then it reports it once and starts from empty.
+    #[tokio::test]
+    async fn a_writer_keeps_aside_a_file_that_stays_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        fs::write(&path, b"garbage").expect("seed");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let started = Instant::now();
+        reg.register(record("b", &[], 60, 1.0))
+            .await
+            .expect("register");
+        assert!(started.elapsed() >= CORRUPT_AFTER, "kept aside too early");
+        let aside = corrupt_files(dir.path());
+        assert_eq!(aside.len(), 1);
+        assert_eq!(fs::read(&aside[0]).expect("aside"), b"garbage");
+        let notices = reg.take_notices();
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("kept aside"), "{}", notices[0]);
+        assert_eq!(reg.list_all(&all(2.0)).await.expect("list").peers.len(), 1);
+    }
+
+    /// A writer that finds the file half-written by a process that takes no lock waits
+    /// for it to be complete and merges into it: nothing is kept aside, nothing lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_waits_for_a_rewrite_in_place_to_finish() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        reg.register(record("theirs", &[], 60, 1.0))
+            .await
+            .expect("register");
+        let whole = fs::read(&path).expect("file");
+        let (head, rest) = whole.split_at(whole.len() / 2);
+        fs::write(&path, head).expect("first half");
+        let finisher = {
+            let path = path.clone();
+            let rest = rest.to_vec();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+                file.write_all(&rest).expect("second half");
+            })
+        };
+        reg.register(record("ours", &[], 60, 2.0))
+            .await
+            .expect("register");
+        finisher.join().expect("finisher");
+        let json = read_json(&path);
+        assert!(json["peers"]["theirs"].is_object() && json["peers"]["ours"].is_object());
+        assert!(corrupt_files(dir.path()).is_empty());
+    }
+
+    /// A change whose caller gives up while another process holds the lock is withdrawn:
+    /// when the lock frees, it is not applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_given_up_before_the_lock_never_lands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let held = File::open(dir.path()).expect("folder");
+        held.lock().expect("hold the folder lock");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            reg.register(record("late", &[], 60, 1.0)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the lock is held: no answer yet");
+        held.unlock().expect("release");
+        reg.register(record("after", &[], 60, 2.0))
+            .await
+            .expect("register");
+        let json = read_json(&path);
+        assert!(json["peers"]["after"].is_object());
+        assert!(
+            json["peers"].get("late").is_none(),
+            "a withdrawn change landed"
+        );
+    }
+
+    /// An older server holds only the sidecar `.lock`: a write waits for it too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_legacy_sidecar_lock_is_honoured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peer_registry.json");
+        let reg = LocalFileRegistry::open(&path).expect("open");
+        let sidecar = File::create(dir.path().join("peer_registry.json.lock")).expect("sidecar");
+        sidecar.lock().expect("hold the sidecar lock");
+        let write = tokio::spawn({
+            let reg = reg.clone();
+            async move { reg.register(record("a", &[], 60, 1.0)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !path.exists(),
+            "written while an older server held its lock"
+        );
+        sidecar.unlock().expect("release");
+        write.await.expect("task").expect("register");
+        assert!(read_json(&path)["peers"]["a"].is_object());
+    }
+
+    /// Every write syncs the temp file, renames it over the data file and syncs the
+    /// folder, in that order: the power-cut promise rests on all three.
+    #[tokio::test]
+    async fn every_write_syncs_file_and_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = LocalFileRegistry::open(dir.path().join("r.json")).expect("open");
+        reg.register(record("a", &[], 60, 1.0))
+            .await
+            .expect("register");
+        let log = reg.inner.durability_log.lock().expect("log").clone();
+        assert_eq!(
+            log,
+            ["sync temp file", "rename over the data file", "sync folder"]
+        );
+    }
+
+    /// A symlinked path: the link stays, its target is written, the lock and temp files
+    /// live beside the target.
+    #[tokio::test]
+    async fn a_symlinked_path_writes_its_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("real");
+        fs::create_dir(&real).expect("dir");
+        let target = real.join("peers.json");
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let reg = LocalFileRegistry::open(&link).expect("open");
+        assert_eq!(reg.path(), target);
+        reg.register(record("a", &[], 60, 1.0))
+            .await
+            .expect("register");
+        assert!(
+            fs::symlink_metadata(&link)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert!(read_json(&target)["peers"]["a"].is_object());
+        assert!(real.join("peers.json.lock").exists());
+    }
+
+    /// A directory at the registry path is refused when the registry opens.
+    #[test]
+    fn a_directory_is_not_a_registry_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let error = LocalFileRegistry::open(dir.path()).err().expect("refused");
+        assert!(error.to_string().contains("a directory"), "{error}");
     }
 
     /// Temp files left by a killed writer are removed when the registry opens.

@@ -28,7 +28,7 @@ fn min_garbage() -> usize {
 }
 /// A load reserves the arena at the file's size, but never more than this up front (a
 /// file can claim any size; the arena grows as records are actually read).
-const MAX_ARENA_RESERVE: usize = 1 << 30;
+pub(super) const MAX_ARENA_RESERVE: usize = 1 << 30;
 
 #[derive(Debug, Clone, Default)]
 pub(super) struct PeerTable {
@@ -119,6 +119,11 @@ impl PeerTable {
 
     pub(super) fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    #[cfg(test)]
+    pub(super) fn arena_capacity(&self) -> usize {
+        self.arena.capacity()
     }
 
     pub(super) fn unusable_count(&self) -> usize {
