@@ -121,8 +121,9 @@ pub fn build_coordinator(
 }
 
 /// Serves MCP on `input`/`output` (stdin/stdout) until the input closes or `shutdown`
-/// resolves, with background cleanup running meanwhile. Returns once every answer has
-/// been written.
+/// resolves, with background cleanup running meanwhile. Either way every call already
+/// read is answered first (bounded by [`transport::DRAIN`]). Returns once every answer
+/// has been written.
 pub async fn run<R, W>(
     coordinator: Arc<Coordinator>,
     input: R,
