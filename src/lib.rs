@@ -121,8 +121,9 @@ pub fn build_coordinator(
 }
 
 /// Serves MCP on `input`/`output` (stdin/stdout) until the input closes or `shutdown`
-/// resolves, with background cleanup running meanwhile. Returns once every answer has
-/// been written.
+/// resolves, with background cleanup running meanwhile. Either way every call already
+/// read is answered first (bounded by [`transport::DRAIN`]). Returns once every answer
+/// has been written.
 pub async fn run<R, W>(
     coordinator: Arc<Coordinator>,
     input: R,
@@ -135,10 +136,10 @@ where
 {
     let cleanup = coordinator.spawn_background_cleanup();
     coordinator.spawn_warm_up();
-    let guarded = transport::guard(input, output, transport::MAX_LINE_BYTES);
+    let (transport, mut guard) = transport::guard(input, output, transport::Limits::default());
     let server = mcp::PeerDiscoveryServer::new(Arc::clone(&coordinator));
     let served = async {
-        let running = match server.serve(guarded.transport).await {
+        let running = match server.serve(transport).await {
             Ok(running) => running,
             // The client left before initializing (stdin closed): a normal end.
             Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => {
@@ -146,14 +147,16 @@ where
             }
             Err(e) => return Err(StartError::Serve(e.to_string())),
         };
-        let stop = running.cancellation_token();
         let waiting = running.waiting();
         tokio::pin!(waiting);
         tokio::select! {
             reason = &mut waiting => reason.map_err(|e| StartError::Serve(e.to_string())),
             () = shutdown => {
-                tracing::info!("shutdown requested; finishing in-flight calls");
-                stop.cancel();
+                // As at EOF: read no more requests, answer every call already read (the
+                // guard closes rmcp's input once they are answered, or after its drain
+                // time), then stop.
+                tracing::info!("shutdown requested; finishing the calls already read");
+                guard.stop_reading();
                 let _ = waiting.await;
                 Ok(QuitReason::Cancelled)
             }
@@ -163,8 +166,6 @@ where
     if let Some(task) = cleanup {
         task.abort();
     }
-    // Stop reading (stdin may still be open after a signal), then let every answer out.
-    guarded.inbound.abort();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), guarded.outbound).await;
+    guard.finish().await;
     quit
 }

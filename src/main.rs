@@ -66,8 +66,10 @@ fn main() -> ExitCode {
         let (stdin, stdout) = rmcp::transport::stdio_pipes();
         peer_discovery_mcp::run(coordinator, stdin, stdout, terminated()).await
     });
-    // A blocking stdin read cannot be cancelled: do not wait for it, but give in-flight
-    // file writes (on the blocking pool) time to finish.
+    // `run` returns once every call read has been answered and written (or the guard's
+    // drain time ran out), so no answer waits on this. What may be left on the blocking
+    // pool: a stdin read that cannot be cancelled (after a signal), which is not waited
+    // for, and file writes of calls the client cancelled, which get time to finish.
     runtime.shutdown_timeout(Duration::from_secs(5));
     match outcome {
         Ok(reason) => {

@@ -62,6 +62,10 @@ pub enum InvalidPeer {
         "multiaddr names peer `{found}` in its /p2p/ part but peer_id is `{peer_id}`; they must be equal (or leave /p2p/ out)"
     )]
     MultiaddrPeerMismatch { peer_id: String, found: String },
+    #[error(
+        "multiaddr has the DNS name `{name}`, which {reason}; a DNS name is dot-separated labels of 1 to 63 letters, digits and hyphens (not at either end of a label), at most {MAX_DNS_NAME_BYTES} bytes"
+    )]
+    BadDnsName { name: String, reason: &'static str },
     #[error("{0} capabilities given; at most {MAX_CAPABILITIES} are allowed")]
     TooManyCapabilities(usize),
     #[error(
@@ -534,6 +538,15 @@ pub fn canonical_multiaddr(peer_id: &str, text: &str) -> Result<String, InvalidP
     }
     let addr = Multiaddr::from_str(text)
         .map_err(|e| InvalidPeer::MultiaddrSyntax(text.to_owned(), e.to_string()))?;
+    for part in addr.iter() {
+        if let Protocol::Dns(name)
+        | Protocol::Dns4(name)
+        | Protocol::Dns6(name)
+        | Protocol::Dnsaddr(name) = part
+        {
+            check_dns_name(&name)?;
+        }
+    }
     let target = addr
         .iter()
         .filter_map(|p| match p {
@@ -554,6 +567,49 @@ pub fn canonical_multiaddr(peer_id: &str, text: &str) -> Result<String, InvalidP
         return Err(InvalidPeer::MultiaddrTooLong(canonical.len()));
     }
     Ok(canonical)
+}
+
+/// Longest DNS name accepted in a multiaddr (RFC 1035's limit on a name's text form).
+pub const MAX_DNS_NAME_BYTES: usize = 253;
+
+/// Checks a host name of a `/dns/`, `/dns4/`, `/dns6/` or `/dnsaddr/` part against
+/// RFC 1123: labels of 1 to 63 ASCII letters, digits and hyphens, no hyphen at either
+/// end, at most 253 bytes (one trailing dot, the root, is allowed). Anything else
+/// (spaces, control characters, other scripts) is refused: the name reaches people and
+/// models, and resolvers would refuse it anyway (internationalized names are written
+/// in their `xn--` form).
+fn check_dns_name(name: &str) -> Result<(), InvalidPeer> {
+    let refuse = |reason| {
+        Err(InvalidPeer::BadDnsName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return refuse("is empty");
+    }
+    if bare.len() > MAX_DNS_NAME_BYTES {
+        return refuse("is too long");
+    }
+    for label in bare.split('.') {
+        if label.is_empty() {
+            return refuse("has an empty label");
+        }
+        if label.len() > 63 {
+            return refuse("has a label longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return refuse("has a character other than a letter, digit, hyphen or dot");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return refuse("has a label that starts or ends with a hyphen");
+        }
+    }
+    Ok(())
 }
 
 /// Checks and de-duplicates capability names, keeping their order.
@@ -854,5 +910,41 @@ mod tests {
         r.capabilities = vec![];
         r.last_seen = f64::NAN;
         assert!(r.check().is_err());
+    }
+
+    /// DNS names in multiaddrs follow RFC 1123; anything else is refused, naming why.
+    #[test]
+    fn dns_names_are_checked() {
+        for good in [
+            "/dns4/node.example.org/tcp/443/wss",
+            "/dns6/a-1.b2.example/tcp/1",
+            "/dns/localhost/tcp/1",
+            "/dnsaddr/bootstrap.libp2p.io",
+            "/dns4/example.org./tcp/1",
+            "/dns4/xn--bcher-kva.example/tcp/1",
+        ] {
+            assert!(canonical_multiaddr("p", good).is_ok(), "{good}");
+        }
+        let long_label = format!("/dns4/{}.example/tcp/1", "a".repeat(64));
+        let long_name = format!("/dns4/{}a/tcp/1", "abcdefghi.".repeat(26));
+        let bad: [(&str, &str); 9] = [
+            ("/dns4/bad name.example/tcp/1", "character other than"),
+            ("/dns4/bad\nname.example/tcp/1", "character other than"),
+            ("/dns6/nul\u{0}.example/tcp/1", "character other than"),
+            ("/dns/\u{202e}gro.example/tcp/1", "character other than"),
+            ("/dnsaddr/a..b", "empty label"),
+            ("/dns4/-a.example/tcp/1", "hyphen"),
+            ("/dns4/b\u{fc}cher.example/tcp/1", "character other than"),
+            (&long_label, "longer than 63"),
+            (&long_name, "too long"),
+        ];
+        for (text, reason) in bad {
+            match canonical_multiaddr("p", text) {
+                Err(e @ InvalidPeer::BadDnsName { .. }) => {
+                    assert!(e.to_string().contains(reason), "{text:?}: {e}");
+                }
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
     }
 }

@@ -29,6 +29,13 @@ async fn help_documents_every_flag() {
         .expect("run binary");
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).expect("utf-8");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for secret in ["ghp_secret_in_help_test", "gh_secret_in_help_test"] {
+        assert!(
+            !help.contains(secret) && !stderr.contains(secret),
+            "--help shows the token {secret}:\n{help}{stderr}"
+        );
+    }
     for expected in [
         "--registry-path",
         "PEER_REGISTRY_PATH",

@@ -315,40 +315,68 @@ async fn eight_processes_lose_nothing() {
     assert_eq!(file["peers"].as_object().expect("peers").len(), 2000);
 }
 
-/// Closing stdin ends the server promptly, after answering and writing every request
-/// already sent.
+/// The server on `path` with the GitHub source on `fake`, whose every answer takes
+/// `latency`: a call that asks GitHub stays in flight that long (GitHub's and the
+/// source's timeouts are well above it).
+async fn with_slow_github(
+    path: &Path,
+    fake: &support::fake_github::FakeGitHub,
+    latency: Duration,
+) -> RawSession {
+    fake.set_latency(latency);
+    let cmd = support::github_command(
+        path,
+        fake,
+        &[
+            "--github-timeout",
+            "120",
+            "--source-timeout",
+            "120",
+            "--github-cache-seconds",
+            "0",
+        ],
+    );
+    RawSession::start_command(cmd).await
+}
+
+/// Closing stdin ends the server after answering and writing every request already
+/// sent, including a call still waiting for GitHub well after rmcp's own 5 s drain.
 #[tokio::test]
 async fn closing_stdin_finishes_the_work_and_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("r.json");
-    let mut raw = RawSession::start(&registry_args(&path)).await;
+    let fake = support::fake_github::FakeGitHub::start().await;
+    let mut raw = with_slow_github(&path, &fake, Duration::from_secs(8)).await;
     for i in 0..20u64 {
         raw.call(
             i + 1,
             "register_peer",
-            json!({"peer_id": format!("p{i}"), "multiaddr": "/ip4/127.0.0.1/tcp/1"}),
+            json!({"peer_id": format!("p{i}"), "multiaddr": "/ip4/127.0.0.1/tcp/1", "sources": ["local_file"]}),
         )
         .await;
     }
+    raw.call(21, "discover_peers", json!({})).await;
     raw.close_stdin();
-    let started = Instant::now();
     let mut answered = BTreeSet::new();
+    let mut github = Value::Null;
     while let Some(message) = raw.next().await {
         if message["result"]["isError"] == false {
             answered.insert(message["id"].as_u64().expect("id"));
         }
+        if message["id"] == 21 {
+            github = message["result"]["structuredContent"]["outcomes"]["github"].clone();
+        }
     }
     let status = raw.child.wait().await.expect("status");
     assert!(status.success(), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
+    assert_eq!(
+        answered,
+        (1..=21).collect::<BTreeSet<u64>>(),
+        "every request sent before EOF is answered"
     );
     assert_eq!(
-        answered.len(),
-        20,
-        "every request sent before EOF is answered"
+        github["status"], "ok",
+        "the discover waited for GitHub: {github}"
     );
     assert_eq!(
         read_registry(&path)["peers"]
@@ -359,30 +387,54 @@ async fn closing_stdin_finishes_the_work_and_exits() {
     );
 }
 
-/// SIGTERM ends the server promptly and cleanly even while the client keeps stdin open;
+/// SIGTERM while the client keeps stdin open: the server reads no more, answers the
+/// calls it has read (a discover still waiting for GitHub included), and exits cleanly;
 /// every acknowledged write is in the file, which parses.
 #[tokio::test]
 async fn sigterm_exits_cleanly_with_everything_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("r.json");
-    let mut raw = RawSession::start(&registry_args(&path)).await;
+    let fake = support::fake_github::FakeGitHub::start().await;
+    let mut raw = with_slow_github(&path, &fake, Duration::from_secs(8)).await;
     raw.call(
         1,
         "register_peer",
-        json!({"peer_id": "before", "multiaddr": "/ip4/127.0.0.1/tcp/1"}),
+        json!({"peer_id": "before", "multiaddr": "/ip4/127.0.0.1/tcp/1", "sources": ["local_file"]}),
     )
     .await;
     assert_eq!(raw.expect_id(&json!(1)).await["result"]["isError"], false);
+    raw.call(50, "discover_peers", json!({})).await;
     for i in 0..10u64 {
         raw.call(
             i + 2,
             "register_peer",
-            json!({"peer_id": format!("late-{i}"), "multiaddr": "/ip4/127.0.0.1/tcp/1"}),
+            json!({"peer_id": format!("late-{i}"), "multiaddr": "/ip4/127.0.0.1/tcp/1", "sources": ["local_file"]}),
         )
         .await;
     }
+    // A ping is a read: it is answered after the writes before it, so its answer shows
+    // that the server has read everything above and that the discover is in flight.
+    raw.send_line(r#"{"jsonrpc":"2.0","id":60,"method":"ping"}"#)
+        .await;
+    let mut acknowledged = vec!["before".to_owned()];
+    let mut discover = Value::Null;
+    let mut record = |message: Value, acknowledged: &mut Vec<String>| {
+        if message["id"] == 50 {
+            discover = message.clone();
+        } else if message["result"]["isError"] == false
+            && let Some(id @ 2..=11) = message["id"].as_u64()
+        {
+            acknowledged.push(format!("late-{}", id - 2));
+        }
+    };
+    loop {
+        let message = raw.next().await.expect("the ping's answer");
+        if message["id"] == 60 {
+            break;
+        }
+        record(message, &mut acknowledged);
+    }
     let pid = raw.child.id().expect("pid");
-    let started = Instant::now();
     let killed = tokio::process::Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
@@ -390,24 +442,20 @@ async fn sigterm_exits_cleanly_with_everything_written() {
         .await
         .expect("kill");
     assert!(killed.success());
-    let mut acknowledged = vec!["before".to_owned()];
     while let Some(message) = raw.next().await {
-        if message["result"]["isError"] == false
-            && let Some(id) = message["id"].as_u64()
-        {
-            acknowledged.push(format!("late-{}", id - 2));
-        }
+        record(message, &mut acknowledged);
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), raw.child.wait())
+    // A hang guard, not a measure: the server has written everything and closed stdout.
+    let status = tokio::time::timeout(Duration::from_secs(60), raw.child.wait())
         .await
-        .expect("exits after SIGTERM")
+        .expect("the server exits once stdout is closed")
         .expect("status");
     assert!(status.success(), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "took {:?}",
-        started.elapsed()
+    assert_eq!(
+        discover["result"]["structuredContent"]["outcomes"]["github"]["status"], "ok",
+        "the call in flight at SIGTERM is answered: {discover}"
     );
+    assert_eq!(acknowledged.len(), 11, "{acknowledged:?}");
     let file = read_registry(&path);
     for id in acknowledged {
         assert!(

@@ -208,9 +208,15 @@ pub struct RawSession {
 impl RawSession {
     /// Starts the server with `args` and completes the MCP handshake.
     pub async fn start(args: &[&std::ffi::OsStr]) -> RawSession {
+        let mut cmd = command();
+        cmd.args(args);
+        RawSession::start_command(cmd).await
+    }
+
+    /// Starts `cmd` (e.g. from [`github_command`]) and completes the MCP handshake.
+    pub async fn start_command(mut cmd: Command) -> RawSession {
         use tokio::io::AsyncBufReadExt;
-        let mut child = command()
-            .args(args)
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
