@@ -14,7 +14,7 @@ mod fixtures;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use peer_discovery_mcp::coordinator::{Coordinator, CoordinatorConfig, EnabledSource};
 use peer_discovery_mcp::peer::{Announcement, DEFAULT_TTL_SECONDS, PeerFilter};
-use peer_discovery_mcp::registry::{LocalFileRegistry, PeerRegistry, Progress};
+use peer_discovery_mcp::source::{LocalFileSource, Progress, Source};
 use serde_json::json;
 
 const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
@@ -78,7 +78,7 @@ fn registry_file(c: &mut Criterion) {
         load.sample_size(if n >= 100_000 { 10 } else { 30 });
         load.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
-                let registry = LocalFileRegistry::open(&path).expect("open");
+                let registry = LocalFileSource::open(&path).expect("open");
                 runtime
                     .block_on(registry.list(
                         &PeerFilter {
@@ -100,7 +100,7 @@ fn registry_file(c: &mut Criterion) {
         let dir = scratch();
         let path = dir.path().join("peer_registry.json");
         prefill(&path, n);
-        let registry = LocalFileRegistry::open(&path).expect("open");
+        let registry = LocalFileSource::open(&path).expect("open");
         let mut i = 0u64;
         save.sample_size(if n >= 100_000 { 10 } else { 30 });
         save.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -132,7 +132,7 @@ fn discover(c: &mut Criterion) {
         let dir = scratch();
         let path = dir.path().join("peer_registry.json");
         prefill(&path, n);
-        let registry = LocalFileRegistry::open(&path).expect("open");
+        let registry = LocalFileSource::open(&path).expect("open");
         let coordinator = Arc::new(Coordinator::new(
             vec![EnabledSource {
                 registry: Arc::new(registry),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::peer::{MAX_TTL_SECONDS, MIN_TTL_SECONDS};
-use crate::registry::github::RepoName;
+use crate::source::github::RepoName;
 
 #[derive(Debug, Parser)]
 #[command(

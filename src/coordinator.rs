@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::peer::{Announcement, Heartbeat, InvalidPeer, JsonObject, PeerFilter, PeerRecord};
-use crate::registry::{Commitment, PeerRegistry, Progress, RegistryError, SourceName};
+use crate::source::{Commitment, Progress, Source, SourceError, SourceName};
 
 /// Where the coordinator reads the time: Unix seconds. Tests pass their own.
 pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
@@ -125,12 +125,12 @@ impl SourceOutcome {
         }
     }
 
-    fn failed(error: &RegistryError) -> Self {
+    fn failed(error: &SourceError) -> Self {
         let (status, retry_after_seconds) = match error {
-            RegistryError::Timeout(_) | RegistryError::Withdrawn { .. } => {
+            SourceError::Timeout(_) | SourceError::Withdrawn { .. } => {
                 (SourceStatus::Timeout, None)
             }
-            RegistryError::RateLimited {
+            SourceError::RateLimited {
                 retry_after_seconds,
             } => (SourceStatus::RateLimited, Some(*retry_after_seconds)),
             _ => (SourceStatus::Error, None),
@@ -322,7 +322,7 @@ pub struct StatusResult {
 
 /// One enabled source and what to say about it in a status report.
 pub struct EnabledSource {
-    pub registry: Arc<dyn PeerRegistry>,
+    pub registry: Arc<dyn Source>,
     pub description: String,
 }
 
@@ -368,7 +368,7 @@ impl Coordinator {
     fn select(
         &self,
         asked: Option<&[SourceName]>,
-    ) -> Result<(Vec<Arc<dyn PeerRegistry>>, Outcomes), CallError> {
+    ) -> Result<(Vec<Arc<dyn Source>>, Outcomes), CallError> {
         let asked: Vec<SourceName> = match asked {
             None => SourceName::ALL.to_vec(),
             Some([]) => {
@@ -403,12 +403,12 @@ impl Coordinator {
     /// a change that lands.
     async fn fan_out<T, F, Fut>(
         &self,
-        sources: &[Arc<dyn PeerRegistry>],
+        sources: &[Arc<dyn Source>],
         op: F,
-    ) -> Vec<(SourceName, Result<T, RegistryError>)>
+    ) -> Vec<(SourceName, Result<T, SourceError>)>
     where
-        F: Fn(Arc<dyn PeerRegistry>) -> Fut,
-        Fut: Future<Output = Result<T, RegistryError>>,
+        F: Fn(Arc<dyn Source>) -> Fut,
+        Fut: Future<Output = Result<T, SourceError>>,
     {
         let timeout = self.config.source_timeout;
         join_all(sources.iter().map(|source| {
@@ -423,8 +423,8 @@ impl Coordinator {
                     () = tokio::time::sleep(timeout) => {
                         if commitment.withdraw() {
                             Err(match commitment.waiting_on() {
-                                Some(waiting_on) => RegistryError::Withdrawn { after: timeout, waiting_on },
-                                None => RegistryError::Timeout(timeout),
+                                Some(waiting_on) => SourceError::Withdrawn { after: timeout, waiting_on },
+                                None => SourceError::Timeout(timeout),
                             })
                         } else {
                             // The source took the change before the deadline: it lands,
@@ -440,7 +440,7 @@ impl Coordinator {
         .await
     }
 
-    fn record_stats(&self, source: SourceName, took: Duration, error: Option<&RegistryError>) {
+    fn record_stats(&self, source: SourceName, took: Duration, error: Option<&SourceError>) {
         if let Some(e) = error {
             tracing::warn!(%source, error = %e, "source call failed");
         }
@@ -458,7 +458,7 @@ impl Coordinator {
     }
 
     /// Attaches what each source asked has to report (a corrupt file kept aside...).
-    fn attach_notices(&self, sources: &[Arc<dyn PeerRegistry>], outcomes: &mut Outcomes) {
+    fn attach_notices(&self, sources: &[Arc<dyn Source>], outcomes: &mut Outcomes) {
         for source in sources {
             let notices = source.take_notices();
             if notices.is_empty() {
@@ -649,7 +649,7 @@ impl Coordinator {
         };
         // Sources that lost their copy (expired and cleaned up, or never had it) get the
         // refreshed one, so that every source asked agrees after a heartbeat.
-        let lacking_sources: Vec<Arc<dyn PeerRegistry>> = sources
+        let lacking_sources: Vec<Arc<dyn Source>> = sources
             .iter()
             .filter(|s| lacking.contains(&s.name()))
             .cloned()
@@ -862,7 +862,7 @@ fn merge(listings: Vec<(SourceName, Vec<PeerRecord>)>) -> Vec<(PeerRecord, Vec<S
 mod tests {
     use super::*;
     use crate::peer::DEFAULT_TTL_SECONDS;
-    use crate::registry::{Listing, Stored};
+    use crate::source::{Listing, Stored};
     use async_trait::async_trait;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -913,11 +913,11 @@ mod tests {
     struct Stalled;
 
     #[async_trait]
-    impl PeerRegistry for Stalled {
+    impl Source for Stalled {
         fn name(&self) -> SourceName {
             SourceName::Github
         }
-        async fn register(&self, _: PeerRecord) -> Result<Stored, RegistryError> {
+        async fn register(&self, _: PeerRecord) -> Result<Stored, SourceError> {
             futures::future::pending().await
         }
         async fn update(
@@ -925,26 +925,21 @@ mod tests {
             _: &str,
             _: &Heartbeat,
             _: f64,
-        ) -> Result<Option<Stored>, RegistryError> {
+        ) -> Result<Option<Stored>, SourceError> {
             futures::future::pending().await
         }
-        async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, RegistryError> {
+        async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
             futures::future::pending().await
         }
-        async fn unregister(&self, _: &str) -> Result<bool, RegistryError> {
+        async fn unregister(&self, _: &str) -> Result<bool, SourceError> {
             futures::future::pending().await
         }
-        async fn cleanup(
-            &self,
-            _: f64,
-            _: bool,
-            _: &Progress,
-        ) -> Result<Vec<String>, RegistryError> {
+        async fn cleanup(&self, _: f64, _: bool, _: &Progress) -> Result<Vec<String>, SourceError> {
             futures::future::pending().await
         }
     }
 
-    fn coordinator(sources: Vec<Arc<dyn PeerRegistry>>, clock: Clock) -> Coordinator {
+    fn coordinator(sources: Vec<Arc<dyn Source>>, clock: Clock) -> Coordinator {
         Coordinator::new(
             sources
                 .into_iter()
@@ -979,8 +974,7 @@ mod tests {
     #[tokio::test]
     async fn stalled_source_degrades_to_the_others() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let local =
-            crate::registry::LocalFileRegistry::open(dir.path().join("r.json")).expect("open");
+        let local = crate::source::LocalFileSource::open(dir.path().join("r.json")).expect("open");
         let c = coordinator(vec![Arc::new(local), Arc::new(Stalled)], Arc::new(|| 100.0));
         let reg = c
             .register(announcement("p", 60), None)
@@ -1016,8 +1010,7 @@ mod tests {
     #[tokio::test]
     async fn expiry_follows_the_clock() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let local =
-            crate::registry::LocalFileRegistry::open(dir.path().join("r.json")).expect("open");
+        let local = crate::source::LocalFileSource::open(dir.path().join("r.json")).expect("open");
         let now = Arc::new(AtomicU64::new(1000));
         let clock_now = Arc::clone(&now);
         let c = coordinator(
@@ -1060,8 +1053,7 @@ mod tests {
     #[tokio::test]
     async fn max_peers_cuts_after_ranking() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let local =
-            crate::registry::LocalFileRegistry::open(dir.path().join("r.json")).expect("open");
+        let local = crate::source::LocalFileSource::open(dir.path().join("r.json")).expect("open");
         let now = Arc::new(AtomicU64::new(1));
         let clock_now = Arc::clone(&now);
         let c = coordinator(

@@ -4,9 +4,9 @@
 //! # Layout
 //!
 //! - [`peer`]: the peer record, its validation rules and lease maths (time is an argument).
-//! - [`registry`]: the [`registry::PeerRegistry`] trait, one storage backend ("source")
-//!   per module: [`registry::local_file`] is the JSON file shared by every process on the
-//!   machine; [`registry::github`] keeps one GitHub issue per peer in a shared repository.
+//! - [`source`]: the [`source::Source`] trait, one storage backend ("source")
+//!   per module: [`source::local_file`] is the JSON file shared by every process on the
+//!   machine; [`source::github`] keeps one GitHub issue per peer in a shared repository.
 //! - [`coordinator`]: fans each call out to the chosen sources under a timeout, merges
 //!   (dedup by `peer_id`, newest `last_seen` wins), ranks, reports per-source outcomes,
 //!   and cleans up expired peers in the background.
@@ -24,7 +24,7 @@ pub mod config;
 pub mod coordinator;
 pub mod mcp;
 pub mod peer;
-pub mod registry;
+pub mod source;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -36,8 +36,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Options;
 use crate::coordinator::{Coordinator, CoordinatorConfig, EnabledSource, system_clock};
-use crate::registry::github::{GitHubSettings, WriteBudget};
-use crate::registry::{GitHubIssuesRegistry, LocalFileRegistry, RegistryError, SourceName};
+use crate::source::github::{GitHubSettings, WriteBudget};
+use crate::source::{GitHubIssuesSource, LocalFileSource, SourceError, SourceName};
 
 /// Why the server could not start. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum StartError {
     Registry {
         path: String,
         #[source]
-        source: RegistryError,
+        source: SourceError,
     },
     #[error("cannot use the GitHub source: {0}")]
     GitHub(String),
@@ -62,7 +62,7 @@ pub fn build_coordinator(
     github_token: Option<String>,
 ) -> Result<Arc<Coordinator>, StartError> {
     let local =
-        LocalFileRegistry::open(&options.registry_path).map_err(|source| StartError::Registry {
+        LocalFileSource::open(&options.registry_path).map_err(|source| StartError::Registry {
             path: options.registry_path.display().to_string(),
             source,
         })?;
@@ -81,7 +81,7 @@ pub fn build_coordinator(
                 listing_ttl: std::time::Duration::from_secs(options.github_cache_seconds),
                 write_budget: WriteBudget::default(),
             };
-            let github = GitHubIssuesRegistry::new(settings, token)
+            let github = GitHubIssuesSource::new(settings, token)
                 .map_err(|e| StartError::GitHub(e.to_string()))?;
             sources.push(EnabledSource {
                 description: github.describe(),

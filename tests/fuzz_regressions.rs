@@ -2,8 +2,8 @@
 //! fixes stay fixed in CI. Each file in tests/fuzz_regressions/ is tried as an issue body
 //! and as a registry file.
 
-use peer_discovery_mcp::registry::github::parse_body;
-use peer_discovery_mcp::registry::local_file::reencode_registry_bytes;
+use peer_discovery_mcp::source::github::parse_body;
+use peer_discovery_mcp::source::local_file::reencode_registry_bytes;
 
 fn inputs() -> Vec<(String, Vec<u8>)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions");

@@ -112,8 +112,8 @@ async fn requests_per_operation_at_one_thousand_peers() {
 #[tokio::test]
 async fn write_budget_refuses_before_spending_requests() {
     use peer_discovery_mcp::peer::Announcement;
-    use peer_discovery_mcp::registry::github::{GitHubSettings, WriteBudget};
-    use peer_discovery_mcp::registry::{GitHubIssuesRegistry, PeerRegistry, RegistryError};
+    use peer_discovery_mcp::source::github::{GitHubSettings, WriteBudget};
+    use peer_discovery_mcp::source::{GitHubIssuesSource, Source, SourceError};
 
     let fake = FakeGitHub::start().await;
     let settings = GitHubSettings {
@@ -133,8 +133,8 @@ async fn write_budget_refuses_before_spending_requests() {
             per_hour: 500,
         },
     };
-    let github = GitHubIssuesRegistry::new(settings, support::fake_github::TOKEN.to_owned())
-        .expect("client");
+    let github =
+        GitHubIssuesSource::new(settings, support::fake_github::TOKEN.to_owned()).expect("client");
     let now = support::now();
     let record = |id: &str| {
         Announcement::new(id.into(), "/ip4/127.0.0.1/tcp/1", &[], None, None, 3600)
@@ -149,7 +149,7 @@ async fn write_budget_refuses_before_spending_requests() {
     }
     fake.clear_log();
     match github.register(record("b3")).await {
-        Err(RegistryError::RateLimited {
+        Err(SourceError::RateLimited {
             retry_after_seconds,
         }) => assert!(
             (1..=60).contains(&retry_after_seconds),
@@ -165,7 +165,7 @@ async fn write_budget_refuses_before_spending_requests() {
     // Re-registering a known peer must write too: refused the same way.
     assert!(matches!(
         github.register(record("b0")).await,
-        Err(RegistryError::RateLimited { .. })
+        Err(SourceError::RateLimited { .. })
     ));
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
     assert_eq!(fake.issues().len(), 3);

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Number;
 
 use crate::peer::JsonObject;
-use crate::registry::SourceName;
+use crate::source::SourceName;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -25,7 +25,7 @@ pub use args::*;
 
 use crate::coordinator::{CallError, Coordinator, Outcomes};
 use crate::peer::{Announcement, Heartbeat};
-use crate::registry::{Progress, SourceName};
+use crate::source::{Progress, SourceName};
 
 /// What the server tells a client about itself at `initialize`.
 const INSTRUCTIONS: &str = "\

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
 
-pub use github::GitHubIssuesRegistry;
-pub use local_file::LocalFileRegistry;
+pub use github::GitHubIssuesSource;
+pub use local_file::LocalFileSource;
 
 /// The name of a source, as tools accept and report it: `local_file` (the JSON file on
 /// this machine) or `github` (one issue per peer in a shared repository).
@@ -104,7 +104,7 @@ impl Progress {
 /// Why a source could not serve a call. Messages name the source's resource and never
 /// contain a secret.
 #[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
+pub enum SourceError {
     #[error("{action} `{path}` failed: {source}")]
     Io {
         action: &'static str,
@@ -129,36 +129,36 @@ pub enum RegistryError {
 /// A copy for each of the callers that one failure answers (a batch of local file writes
 /// fails together). `std::io::Error` is not `Clone`; its kind and message are what the
 /// callers see, so the copy keeps those.
-impl Clone for RegistryError {
+impl Clone for SourceError {
     fn clone(&self) -> Self {
         match self {
-            RegistryError::Io {
+            SourceError::Io {
                 action,
                 path,
                 source,
-            } => RegistryError::Io {
+            } => SourceError::Io {
                 action,
                 path: path.clone(),
                 source: std::io::Error::new(source.kind(), source.to_string()),
             },
-            RegistryError::Timeout(after) => RegistryError::Timeout(*after),
-            RegistryError::Withdrawn { after, waiting_on } => RegistryError::Withdrawn {
+            SourceError::Timeout(after) => SourceError::Timeout(*after),
+            SourceError::Withdrawn { after, waiting_on } => SourceError::Withdrawn {
                 after: *after,
                 waiting_on: waiting_on.clone(),
             },
-            RegistryError::RateLimited {
+            SourceError::RateLimited {
                 retry_after_seconds,
-            } => RegistryError::RateLimited {
+            } => SourceError::RateLimited {
                 retry_after_seconds: *retry_after_seconds,
             },
-            RegistryError::Remote(message) => RegistryError::Remote(message.clone()),
+            SourceError::Remote(message) => SourceError::Remote(message.clone()),
         }
     }
 }
 
-impl RegistryError {
+impl SourceError {
     pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
-        RegistryError::Io {
+        SourceError::Io {
             action,
             path: path.display().to_string(),
             source,
@@ -245,14 +245,14 @@ tokio::task_local! {
 /// A registry of peer records. Every method is one atomic step with respect to other
 /// writers of the same registry, including other processes.
 #[async_trait]
-pub trait PeerRegistry: Send + Sync {
+pub trait Source: Send + Sync {
     /// The name this source reports in outcomes and in each record's `source`.
     fn name(&self) -> SourceName;
 
     /// Stores `record` as the peer's current announcement: creates it, or replaces the held
     /// copy through [`PeerRecord::stored_over`] (so `first_seen` and unknown fields of the
     /// held copy survive).
-    async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError>;
+    async fn register(&self, record: PeerRecord) -> Result<Stored, SourceError>;
 
     /// Applies a heartbeat at `now` to the held copy of `peer_id`.
     /// `Ok(None)` when this source holds no copy of the peer.
@@ -261,18 +261,14 @@ pub trait PeerRegistry: Send + Sync {
         peer_id: &str,
         heartbeat: &Heartbeat,
         now: f64,
-    ) -> Result<Option<Stored>, RegistryError>;
+    ) -> Result<Option<Stored>, SourceError>;
 
     /// The valid records that match `filter`, one per peer: all of them, or only the best
     /// `filter.limit` by [`crate::peer::rank_order`] when a limit is set.
-    async fn list(
-        &self,
-        filter: &PeerFilter,
-        progress: &Progress,
-    ) -> Result<Listing, RegistryError>;
+    async fn list(&self, filter: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError>;
 
     /// Removes the peer. `Ok(false)` when this source held no copy of it.
-    async fn unregister(&self, peer_id: &str) -> Result<bool, RegistryError>;
+    async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError>;
 
     /// Removes every record expired at `now`, or with `dry_run` only says which would go.
     /// Returns the removed peer ids.
@@ -281,7 +277,7 @@ pub trait PeerRegistry: Send + Sync {
         now: f64,
         dry_run: bool,
         progress: &Progress,
-    ) -> Result<Vec<String>, RegistryError>;
+    ) -> Result<Vec<String>, SourceError>;
 
     /// Drops records expired at `now` from any in-memory cache the source keeps, and says
     /// how many went.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::disk::{LockGuard, Snapshot};
 use super::format::RegistryFile;
-use super::{Commitment, Inner, LOCK_POLL_MAX, LocalFileRegistry, RegistryError};
+use super::{Commitment, Inner, LOCK_POLL_MAX, LocalFileSource, SourceError};
 
 /// Group commit: changes that arrive while the file is being written wait here and then
 /// share the next write (one lock, one rewrite, one fsync) instead of queueing one each.
@@ -37,21 +37,21 @@ pub(super) trait Pending: Send {
     fn apply(&mut self, inner: &Inner, file: &mut RegistryFile) -> Applied;
     /// Answers the caller once the batch's outcome is known: `written` is `Ok` when the
     /// write that holds the change is durable, or none was needed.
-    fn answer(self: Box<Self>, written: Result<(), RegistryError>);
+    fn answer(self: Box<Self>, written: Result<(), SourceError>);
 }
 
 /// A change and the caller waiting for its answer.
 pub(super) struct Waiting<T, F> {
     commitment: Arc<Commitment>,
     change: Option<F>,
-    outcome: Option<Result<T, RegistryError>>,
-    reply: tokio::sync::oneshot::Sender<Result<T, RegistryError>>,
+    outcome: Option<Result<T, SourceError>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, SourceError>>,
 }
 
 impl<T, F> Pending for Waiting<T, F>
 where
     T: Send,
-    F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), RegistryError> + Send,
+    F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), SourceError> + Send,
 {
     fn commitment(&self) -> &Commitment {
         &self.commitment
@@ -77,14 +77,14 @@ where
         }
     }
 
-    fn answer(self: Box<Self>, written: Result<(), RegistryError>) {
+    fn answer(self: Box<Self>, written: Result<(), SourceError>) {
         let answer = match (self.outcome, written) {
             // The change's own failure is its answer, whatever happened to the batch.
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(answer)), Ok(())) => Ok(answer),
             // The batch could not be read, or its write failed: nothing of it is durable.
             (_, Err(e)) => Err(e),
-            (None, Ok(())) => Err(RegistryError::Remote(
+            (None, Ok(())) => Err(SourceError::Remote(
                 "a registry change was never applied".to_owned(),
             )),
         };
@@ -94,16 +94,16 @@ where
     }
 }
 
-impl LocalFileRegistry {
+impl LocalFileSource {
     /// Queues `change` for the next write and waits until that write is durable (or
     /// failed). `change` returns its answer and whether it changed the file; a batch in
     /// which nothing changed is not written. If the caller gives up (drops this future, or
     /// the coordinator withdraws its [`Commitment`]) before the writer took the change,
     /// the change is never applied.
-    pub(super) async fn commit<T, F>(&self, change: F) -> Result<T, RegistryError>
+    pub(super) async fn commit<T, F>(&self, change: F) -> Result<T, SourceError>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), RegistryError> + Send + 'static,
+        F: FnOnce(&Inner, &mut RegistryFile) -> Result<(T, bool), SourceError> + Send + 'static,
     {
         /// Withdraws the change when the caller's future is dropped before an answer.
         struct WithdrawOnDrop(Arc<Commitment>);
@@ -132,7 +132,7 @@ impl LocalFileRegistry {
             Inner::start_writer(Arc::clone(&self.inner));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(RegistryError::Remote(
+            Err(SourceError::Remote(
                 "the local file writer stopped before answering".to_owned(),
             ))
         })
@@ -222,7 +222,7 @@ impl Inner {
     /// Takes the lock, polling while another process holds it so that callers who give up
     /// meanwhile are let go. `None` when every queued change was withdrawn (the queue is
     /// then empty and no writer runs).
-    pub(super) fn wait_for_lock(&self) -> Result<Option<LockGuard>, RegistryError> {
+    pub(super) fn wait_for_lock(&self) -> Result<Option<LockGuard>, SourceError> {
         let mut pause = Duration::from_millis(1);
         loop {
             let taken = self.try_lock();
@@ -260,7 +260,7 @@ impl Inner {
     pub(super) fn apply_and_write(
         &self,
         batch: &mut [Box<dyn Pending>],
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), SourceError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -305,7 +305,7 @@ mod tests {
     async fn a_change_given_up_before_the_lock_never_lands() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         let held = File::open(dir.path()).expect("folder");
         held.lock().expect("hold the folder lock");
         let gave_up = tokio::time::timeout(
@@ -332,7 +332,7 @@ mod tests {
     async fn concurrent_changes_share_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         reg.register(record("known", &[], 600, 1.0))
             .await
             .expect("register");
@@ -371,9 +371,9 @@ mod tests {
     async fn failing_and_panicking_changes_do_not_take_others_down() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
-        let reg = LocalFileRegistry::open(&path).expect("open");
-        let refused = reg.commit(|_, _| -> Result<((), bool), RegistryError> {
-            Err(RegistryError::Remote("refused on purpose".to_owned()))
+        let reg = LocalFileSource::open(&path).expect("open");
+        let refused = reg.commit(|_, _| -> Result<((), bool), SourceError> {
+            Err(SourceError::Remote("refused on purpose".to_owned()))
         });
         let (first, failed, second) = tokio::join!(
             reg.register(record("a", &[], 600, 1.0)),
@@ -390,7 +390,7 @@ mod tests {
         );
 
         let panicked = reg
-            .commit(|_, _| -> Result<((), bool), RegistryError> { panic!("a bug in a change") })
+            .commit(|_, _| -> Result<((), bool), SourceError> { panic!("a bug in a change") })
             .await;
         assert!(panicked.is_err());
         let after = tokio::time::timeout(

@@ -1,4 +1,4 @@
-//! `GitHubIssuesRegistry`: one GitHub issue per peer in a shared repository, so peers on
+//! `GitHubIssuesSource`: one GitHub issue per peer in a shared repository, so peers on
 //! different machines see each other with no infrastructure beyond GitHub.
 //!
 //! Format: title `Peer: <peer_id>`; body the record as JSON (a ```` ```json ```` fenced
@@ -31,7 +31,7 @@ use octocrab::service::middleware::retry::RetryConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Listing, PeerRegistry, Progress, RegistryError, SourceName, Stored};
+use super::{Listing, Progress, Source, SourceError, SourceName, Stored};
 use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
 
 pub const LABEL_REGISTRY: &str = "peer-registry";
@@ -191,7 +191,7 @@ struct Parsed {
     rejected: usize,
 }
 
-pub struct GitHubIssuesRegistry {
+pub struct GitHubIssuesSource {
     client: Octocrab,
     settings: GitHubSettings,
     issues_path: String,
@@ -261,11 +261,11 @@ pub fn parse_body(body: &str) -> Result<PeerRecord, String> {
     serde_json::from_str(json_text).map_err(|e| format!("the body is not a peer record: {e}"))
 }
 
-fn body_for(record: &PeerRecord) -> Result<String, RegistryError> {
+fn body_for(record: &PeerRecord) -> Result<String, SourceError> {
     let body = serde_json::to_string_pretty(record)
-        .map_err(|e| RegistryError::Remote(format!("cannot encode the record: {e}")))?;
+        .map_err(|e| SourceError::Remote(format!("cannot encode the record: {e}")))?;
     if body.chars().count() > MAX_BODY_CHARS {
-        return Err(RegistryError::Remote(format!(
+        return Err(SourceError::Remote(format!(
             "the record is {} characters as JSON; GitHub issue bodies stop at {MAX_BODY_CHARS}",
             body.len()
         )));
@@ -302,26 +302,26 @@ fn percent_encode_labels(labels: &[String]) -> String {
     labels.join("%2C")
 }
 
-impl GitHubIssuesRegistry {
+impl GitHubIssuesSource {
     /// Builds the client. Needs a tokio runtime (octocrab spawns its service worker).
-    pub fn new(settings: GitHubSettings, token: String) -> Result<Self, RegistryError> {
+    pub fn new(settings: GitHubSettings, token: String) -> Result<Self, SourceError> {
         let client = Octocrab::builder()
             .personal_token(token)
             .base_uri(settings.api_url.as_str())
             .map_err(|e| {
-                RegistryError::Remote(format!("bad GitHub API URL `{}`: {e}", settings.api_url))
+                SourceError::Remote(format!("bad GitHub API URL `{}`: {e}", settings.api_url))
             })?
             .add_retry_config(RetryConfig::None)
             // The whole exchange runs under `request_timeout` in `send`, which reports it as
             // a timeout; octocrab's own read timeout would surface as an opaque service error.
             .set_connect_timeout(Some(settings.request_timeout))
             .build()
-            .map_err(|e| RegistryError::Remote(format!("cannot build the GitHub client: {e}")))?;
+            .map_err(|e| SourceError::Remote(format!("cannot build the GitHub client: {e}")))?;
         let issues_path = format!(
             "/repos/{}/{}/issues",
             settings.repo.owner, settings.repo.name
         );
-        Ok(GitHubIssuesRegistry {
+        Ok(GitHubIssuesSource {
             client,
             settings,
             issues_path,
@@ -347,12 +347,12 @@ impl GitHubIssuesRegistry {
         lock(&self.notices).push(message);
     }
 
-    fn check_not_blocked(&self) -> Result<(), RegistryError> {
+    fn check_not_blocked(&self) -> Result<(), SourceError> {
         let mut blocked = lock(&self.blocked_until);
         if let Some(until) = *blocked {
             let now = Instant::now();
             if until > now {
-                return Err(RegistryError::RateLimited {
+                return Err(SourceError::RateLimited {
                     retry_after_seconds: (until - now).as_secs().max(1),
                 });
             }
@@ -370,7 +370,7 @@ impl GitHubIssuesRegistry {
     }
 
     /// Reserves one write in the budget, or says when one will be free.
-    fn reserve_write(&self) -> Result<(), RegistryError> {
+    fn reserve_write(&self) -> Result<(), SourceError> {
         let now = Instant::now();
         let mut writes = lock(&self.writes);
         self.check_budget(&mut writes, now)?;
@@ -380,7 +380,7 @@ impl GitHubIssuesRegistry {
 
     /// Fails, before any request is sent, when the budget has no write left: a register
     /// always writes, so looking its issue up first would only spend requests and time.
-    fn ensure_write_left(&self) -> Result<(), RegistryError> {
+    fn ensure_write_left(&self) -> Result<(), SourceError> {
         self.check_budget(&mut lock(&self.writes), Instant::now())
     }
 
@@ -390,7 +390,7 @@ impl GitHubIssuesRegistry {
         &self,
         writes: &mut VecDeque<Instant>,
         now: Instant,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), SourceError> {
         let budget = self.settings.write_budget;
         while writes
             .front()
@@ -415,7 +415,7 @@ impl GitHubIssuesRegistry {
             None
         };
         match wait {
-            Some(wait) => Err(RegistryError::RateLimited {
+            Some(wait) => Err(SourceError::RateLimited {
                 retry_after_seconds: wait.max(1),
             }),
             None => Ok(()),
@@ -430,7 +430,7 @@ impl GitHubIssuesRegistry {
         uri: &str,
         body: Option<&Value>,
         if_none_match: Option<&str>,
-    ) -> Result<Answer, RegistryError> {
+    ) -> Result<Answer, SourceError> {
         self.check_not_blocked()?;
         let timeout = self.settings.request_timeout;
         let exchange = async {
@@ -448,7 +448,7 @@ impl GitHubIssuesRegistry {
                 }
             }
             .map_err(|e| {
-                RegistryError::Remote(format!(
+                SourceError::Remote(format!(
                     "cannot reach GitHub at {}: {e}",
                     self.settings.api_url
                 ))
@@ -457,10 +457,10 @@ impl GitHubIssuesRegistry {
             let body = body
                 .collect()
                 .await
-                .map_err(|e| RegistryError::Remote(format!("GitHub's answer broke off: {e}")))?
+                .map_err(|e| SourceError::Remote(format!("GitHub's answer broke off: {e}")))?
                 .to_bytes()
                 .to_vec();
-            Ok::<_, RegistryError>(Answer {
+            Ok::<_, SourceError>(Answer {
                 status: parts.status,
                 headers: parts.headers,
                 body,
@@ -468,13 +468,13 @@ impl GitHubIssuesRegistry {
         };
         let answer = match tokio::time::timeout(timeout, exchange).await {
             Ok(answer) => answer?,
-            Err(_) => return Err(RegistryError::Timeout(timeout)),
+            Err(_) => return Err(SourceError::Timeout(timeout)),
         };
         tracing::debug!(%method, uri, status = %answer.status, "github request");
         self.classify(answer)
     }
 
-    fn classify(&self, answer: Answer) -> Result<Answer, RegistryError> {
+    fn classify(&self, answer: Answer) -> Result<Answer, SourceError> {
         let status = answer.status;
         let headers = &answer.headers;
         let remaining =
@@ -506,12 +506,12 @@ impl GitHubIssuesRegistry {
                 .or(if remaining == Some(0) { reset_in } else { None })
                 .unwrap_or(60);
             self.block_for(wait);
-            return Err(RegistryError::RateLimited {
+            return Err(SourceError::RateLimited {
                 retry_after_seconds: wait,
             });
         }
         let repo = &self.settings.repo;
-        Err(RegistryError::Remote(match status {
+        Err(SourceError::Remote(match status {
             StatusCode::UNAUTHORIZED => {
                 "GitHub refused the token (401 Bad credentials); set GITHUB_TOKEN to a valid token"
                     .to_owned()
@@ -529,7 +529,7 @@ impl GitHubIssuesRegistry {
 
     /// GET `uri`, conditional on the ETag of the last answer for it: a 304 (which costs no
     /// quota) returns the remembered body. Returns the body and the `Link` next page.
-    async fn get_cached(&self, uri: &str) -> Result<CachedPage, RegistryError> {
+    async fn get_cached(&self, uri: &str) -> Result<CachedPage, SourceError> {
         let cached = lock(&self.pages).get(uri).cloned();
         let answer = self
             .send(
@@ -566,7 +566,7 @@ impl GitHubIssuesRegistry {
         &self,
         labels: &[String],
         progress: &Progress,
-    ) -> Result<Vec<RemoteIssue>, RegistryError> {
+    ) -> Result<Vec<RemoteIssue>, SourceError> {
         let mut uri = Some(format!(
             "{}?state=open&labels={}&sort=created&direction=asc&per_page=100",
             self.issues_path,
@@ -577,7 +577,7 @@ impl GitHubIssuesRegistry {
         while let Some(current) = uri.take() {
             let page = self.get_cached(&current).await?;
             let parsed: Vec<RemoteIssue> = serde_json::from_slice(&page.body).map_err(|e| {
-                RegistryError::Remote(format!("GitHub's issue listing did not parse: {e}"))
+                SourceError::Remote(format!("GitHub's issue listing did not parse: {e}"))
             })?;
             issues.extend(parsed);
             pages += 1;
@@ -592,15 +592,14 @@ impl GitHubIssuesRegistry {
     }
 
     /// The newest open peer issues (one page): where a create that raced with ours is.
-    async fn newest_issues(&self) -> Result<Vec<RemoteIssue>, RegistryError> {
+    async fn newest_issues(&self) -> Result<Vec<RemoteIssue>, SourceError> {
         let uri = format!(
             "{}?state=open&labels={LABEL_REGISTRY}&sort=created&direction=desc&per_page=100",
             self.issues_path
         );
         let page = self.get_cached(&uri).await?;
-        serde_json::from_slice(&page.body).map_err(|e| {
-            RegistryError::Remote(format!("GitHub's issue listing did not parse: {e}"))
-        })
+        serde_json::from_slice(&page.body)
+            .map_err(|e| SourceError::Remote(format!("GitHub's issue listing did not parse: {e}")))
     }
 
     /// Checks one issue against the trust rules and parses its record.
@@ -671,7 +670,7 @@ impl GitHubIssuesRegistry {
     async fn full_listing(
         &self,
         progress: &Progress,
-    ) -> Result<(Vec<RemoteIssue>, Parsed), RegistryError> {
+    ) -> Result<(Vec<RemoteIssue>, Parsed), SourceError> {
         let issues = self
             .fetch_issues(&[LABEL_REGISTRY.to_owned()], progress)
             .await?;
@@ -699,7 +698,7 @@ impl GitHubIssuesRegistry {
     /// The open issue that holds `peer_id` (the lowest-numbered if several), found by its
     /// number when known (one request), else through the listing. Never the search API,
     /// whose index lags behind writes.
-    async fn find_issue(&self, peer_id: &str) -> Result<Option<RemoteIssue>, RegistryError> {
+    async fn find_issue(&self, peer_id: &str) -> Result<Option<RemoteIssue>, SourceError> {
         let known = lock(&self.issue_numbers).get(peer_id).copied();
         if let Some(number) = known {
             let answer = self
@@ -716,7 +715,7 @@ impl GitHubIssuesRegistry {
                         return Ok(Some(issue));
                     }
                 }
-                Err(RegistryError::Remote(_)) => {} // deleted or moved: look it up again
+                Err(SourceError::Remote(_)) => {} // deleted or moved: look it up again
                 Err(e) => return Err(e),
             }
             lock(&self.issue_numbers).remove(peer_id);
@@ -745,7 +744,7 @@ impl GitHubIssuesRegistry {
                 .any(|a| a.eq_ignore_ascii_case(author))
     }
 
-    async fn patch_issue(&self, number: u64, patch: Value) -> Result<RemoteIssue, RegistryError> {
+    async fn patch_issue(&self, number: u64, patch: Value) -> Result<RemoteIssue, SourceError> {
         self.reserve_write()?;
         let answer = self
             .send(
@@ -756,11 +755,11 @@ impl GitHubIssuesRegistry {
             )
             .await?;
         serde_json::from_slice(&answer.body).map_err(|e| {
-            RegistryError::Remote(format!("GitHub's answer to an edit did not parse: {e}"))
+            SourceError::Remote(format!("GitHub's answer to an edit did not parse: {e}"))
         })
     }
 
-    async fn close_issue(&self, issue: &RemoteIssue, reason: &str) -> Result<(), RegistryError> {
+    async fn close_issue(&self, issue: &RemoteIssue, reason: &str) -> Result<(), SourceError> {
         self.patch_issue(
             issue.number,
             json!({"state": "closed", "state_reason": reason, "labels": inactive_labels(issue)}),
@@ -774,7 +773,7 @@ impl GitHubIssuesRegistry {
         &self,
         issue: &RemoteIssue,
         record: &PeerRecord,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<(), SourceError> {
         let mut patch = json!({"body": body_for(record)?});
         let wanted = labels_for(record);
         let mut have = issue.label_names();
@@ -792,7 +791,7 @@ impl GitHubIssuesRegistry {
     /// processes created one at once, the higher-numbered creator closes its own as a
     /// duplicate and writes to the lower one (issue numbers only grow, so the higher
     /// creator always sees the lower issue).
-    async fn create(&self, record: &PeerRecord) -> Result<Stored, RegistryError> {
+    async fn create(&self, record: &PeerRecord) -> Result<Stored, SourceError> {
         self.reserve_write()?;
         let payload = json!({
             "title": format!("{TITLE_PREFIX}{}", record.peer_id),
@@ -804,9 +803,9 @@ impl GitHubIssuesRegistry {
             .await
         {
             Ok(answer) => serde_json::from_slice::<RemoteIssue>(&answer.body).map_err(|e| {
-                RegistryError::Remote(format!("GitHub's answer to a create did not parse: {e}"))
+                SourceError::Remote(format!("GitHub's answer to a create did not parse: {e}"))
             })?,
-            Err(e @ (RegistryError::Timeout(_) | RegistryError::Remote(_))) => {
+            Err(e @ (SourceError::Timeout(_) | SourceError::Remote(_))) => {
                 // The create may have landed before the failure: look before reporting it,
                 // never create blindly again.
                 let landed = match self.newest_issues().await {
@@ -848,7 +847,7 @@ impl GitHubIssuesRegistry {
         })
     }
     /// `register`, for a caller that holds the write lock.
-    async fn register_serialized(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
+    async fn register_serialized(&self, record: PeerRecord) -> Result<Stored, SourceError> {
         let mut record = record;
         record.source = SOURCE.as_str().to_owned();
         self.ensure_write_left()?;
@@ -873,12 +872,12 @@ impl GitHubIssuesRegistry {
 }
 
 #[async_trait]
-impl PeerRegistry for GitHubIssuesRegistry {
+impl Source for GitHubIssuesSource {
     fn name(&self) -> SourceName {
         SOURCE
     }
 
-    async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
+    async fn register(&self, record: PeerRecord) -> Result<Stored, SourceError> {
         let _serial = self.write_lock.lock().await;
         let result = self.register_serialized(record).await;
         // Any write (or a failed one that may have landed) makes the listing stale.
@@ -891,7 +890,7 @@ impl PeerRegistry for GitHubIssuesRegistry {
         peer_id: &str,
         heartbeat: &Heartbeat,
         now: f64,
-    ) -> Result<Option<Stored>, RegistryError> {
+    ) -> Result<Option<Stored>, SourceError> {
         let _serial = self.write_lock.lock().await;
         let Some(issue) = self.find_issue(peer_id).await? else {
             return Ok(None);
@@ -924,11 +923,7 @@ impl PeerRegistry for GitHubIssuesRegistry {
         }))
     }
 
-    async fn list(
-        &self,
-        filter: &PeerFilter,
-        progress: &Progress,
-    ) -> Result<Listing, RegistryError> {
+    async fn list(&self, filter: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError> {
         let (mut peers, rejected) = if let Some(cached) = self.fresh_listing() {
             (cached.peers, cached.rejected)
         } else if filter.capabilities.is_empty() {
@@ -966,7 +961,7 @@ impl PeerRegistry for GitHubIssuesRegistry {
         })
     }
 
-    async fn unregister(&self, peer_id: &str) -> Result<bool, RegistryError> {
+    async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError> {
         let _serial = self.write_lock.lock().await;
         let Some(issue) = self.find_issue(peer_id).await? else {
             return Ok(false);
@@ -983,7 +978,7 @@ impl PeerRegistry for GitHubIssuesRegistry {
         now: f64,
         dry_run: bool,
         progress: &Progress,
-    ) -> Result<Vec<String>, RegistryError> {
+    ) -> Result<Vec<String>, SourceError> {
         let _serial = self.write_lock.lock().await;
         let (issues, parsed) = self.full_listing(progress).await?;
         let by_number: HashMap<u64, &RemoteIssue> = issues.iter().map(|i| (i.number, i)).collect();

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use super::format::RegistryFile;
 use super::{
-    CORRUPT_AFTER, Inner, READ_SETTLE, REREAD_PAUSE, RegistryError, UNSETTLED_LIMIT, parent_dir,
+    CORRUPT_AFTER, Inner, READ_SETTLE, REREAD_PAUSE, SourceError, UNSETTLED_LIMIT, parent_dir,
     temp_prefix, unix_now,
 };
 
@@ -100,9 +100,9 @@ pub(super) struct LockGuard {
 impl Inner {
     /// Takes the folder lock and the legacy sidecar lock if both are free; `None` when
     /// another process holds either.
-    pub(super) fn try_lock(&self) -> Result<Option<LockGuard>, RegistryError> {
+    pub(super) fn try_lock(&self) -> Result<Option<LockGuard>, SourceError> {
         let folder = File::open(&self.dir)
-            .map_err(|e| RegistryError::io("opening the folder to lock", &self.dir, e))?;
+            .map_err(|e| SourceError::io("opening the folder to lock", &self.dir, e))?;
         if !try_lock_file(&folder, &self.dir)? {
             return Ok(None);
         }
@@ -112,7 +112,7 @@ impl Inner {
             .truncate(false)
             .write(true)
             .open(&self.legacy_lock_path)
-            .map_err(|e| RegistryError::io("opening lock file", &self.legacy_lock_path, e))?;
+            .map_err(|e| SourceError::io("opening lock file", &self.legacy_lock_path, e))?;
         if !try_lock_file(&legacy, &self.legacy_lock_path)? {
             return Ok(None);
         }
@@ -173,8 +173,8 @@ impl Inner {
         }
     }
 
-    pub(super) fn encoding_error(&self, error: serde_json::Error) -> RegistryError {
-        RegistryError::io(
+    pub(super) fn encoding_error(&self, error: serde_json::Error) -> SourceError {
+        SourceError::io(
             "encoding a record for",
             &self.path,
             std::io::Error::other(error),
@@ -199,7 +199,7 @@ impl Inner {
     }
 
     /// One look at the file as it is now: the cached parse when the file has not changed.
-    pub(super) fn read_once(&self) -> Result<Read, RegistryError> {
+    pub(super) fn read_once(&self) -> Result<Read, SourceError> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -208,12 +208,12 @@ impl Inner {
                     file: Arc::new(RegistryFile::default()),
                 }));
             }
-            Err(e) => return Err(RegistryError::io("reading", &self.path, e)),
+            Err(e) => return Err(SourceError::io("reading", &self.path, e)),
         };
         // Stamp the open handle, then read it: the stamp always belongs to the bytes read.
         let meta = file
             .metadata()
-            .map_err(|e| RegistryError::io("reading", &self.path, e))?;
+            .map_err(|e| SourceError::io("reading", &self.path, e))?;
         let stamp = FileStamp::of(&meta);
         if let Some(snapshot) = self.cached()
             && snapshot.stamp == Some(stamp)
@@ -246,7 +246,7 @@ impl Inner {
                 self.set_cache(Some(snapshot.clone()));
                 Ok(Read::Parsed(snapshot))
             }
-            Err(e) if e.is_io() => Err(RegistryError::io(
+            Err(e) if e.is_io() => Err(SourceError::io(
                 "reading",
                 &self.path,
                 std::io::Error::other(e.to_string()),
@@ -263,7 +263,7 @@ impl Inner {
     /// finished), or until it has stayed so and unchanged for [`CORRUPT_AFTER`]: then an
     /// empty file is an empty registry, and one that does not parse is kept aside,
     /// reported, and the registry goes on from an empty state.
-    pub(super) fn load_locked(&self) -> Result<Snapshot, RegistryError> {
+    pub(super) fn load_locked(&self) -> Result<Snapshot, SourceError> {
         let started = Instant::now();
         let mut seen: Option<(FileStamp, Instant)> = None;
         loop {
@@ -301,7 +301,7 @@ impl Inner {
                 return Ok(snapshot);
             }
             if started.elapsed() >= UNSETTLED_LIMIT {
-                return Err(RegistryError::Remote(format!(
+                return Err(SourceError::Remote(format!(
                     "registry file `{}` kept changing for {} s without ever parsing (last time {why}); another process is rewriting it; nothing was written, retry later",
                     self.path.display(),
                     UNSETTLED_LIMIT.as_secs()
@@ -311,7 +311,7 @@ impl Inner {
         }
     }
 
-    pub(super) fn keep_aside(&self) -> Result<PathBuf, RegistryError> {
+    pub(super) fn keep_aside(&self) -> Result<PathBuf, SourceError> {
         let base = format!("{}.corrupt-{}", self.path.display(), unix_now());
         let mut aside = PathBuf::from(&base);
         let mut n = 1;
@@ -320,7 +320,7 @@ impl Inner {
             n += 1;
         }
         fs::rename(&self.path, &aside)
-            .map_err(|e| RegistryError::io("keeping aside corrupt registry", &self.path, e))?;
+            .map_err(|e| SourceError::io("keeping aside corrupt registry", &self.path, e))?;
         Ok(aside)
     }
 
@@ -330,7 +330,7 @@ impl Inner {
     /// looked at again while it keeps changing, for up to [`READ_SETTLE`]; then the read
     /// fails with a message that says to retry (an empty file that does not change is an
     /// empty registry).
-    pub(super) fn read(&self) -> Result<Arc<RegistryFile>, RegistryError> {
+    pub(super) fn read(&self) -> Result<Arc<RegistryFile>, SourceError> {
         let started = Instant::now();
         let mut last_stamp = None;
         loop {
@@ -353,7 +353,7 @@ impl Inner {
                     }
                     // Empty and not being written: an empty registry, nothing hidden.
                     (None, Unsettled::Empty) if settled => Ok(Arc::new(RegistryFile::default())),
-                    (None, why) => Err(RegistryError::Remote(format!(
+                    (None, why) => Err(SourceError::Remote(format!(
                         "registry file `{}` cannot be read ({why}): another process may be writing it; retry in a moment (a writer keeps it aside if it stays broken)",
                         self.path.display()
                     ))),
@@ -382,13 +382,13 @@ impl Inner {
         &self,
         content: &RegistryFile,
         changes: usize,
-    ) -> Result<Option<FileStamp>, RegistryError> {
+    ) -> Result<Option<FileStamp>, SourceError> {
         let file_name = self
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let io = |action| move |e| RegistryError::io(action, &self.path, e);
+        let io = |action| move |e| SourceError::io(action, &self.path, e);
         // tempfile creates the file with mode 0600, which the rename carries over.
         let mut temp = tempfile::Builder::new()
             .prefix(&temp_prefix(&file_name))
@@ -414,7 +414,7 @@ impl Inner {
         );
         let file = temp
             .persist(&self.path)
-            .map_err(|e| RegistryError::io("replacing", &self.path, e.error))?;
+            .map_err(|e| SourceError::io("replacing", &self.path, e.error))?;
         self.log_durability("rename over the data file");
         // Makes the rename itself durable. The change is in the file already and is
         // answered as done either way; a failure here only weakens the power-cut promise,
@@ -458,11 +458,11 @@ impl Inner {
 
 /// Tries to take an advisory lock on `file` without waiting: false when another process
 /// holds it.
-pub(super) fn try_lock_file(file: &File, path: &Path) -> Result<bool, RegistryError> {
+pub(super) fn try_lock_file(file: &File, path: &Path) -> Result<bool, SourceError> {
     match file.try_lock() {
         Ok(()) => Ok(true),
         Err(fs::TryLockError::WouldBlock) => Ok(false),
-        Err(fs::TryLockError::Error(e)) => Err(RegistryError::io("locking", path, e)),
+        Err(fs::TryLockError::Error(e)) => Err(SourceError::io("locking", path, e)),
     }
 }
 
@@ -489,7 +489,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
         fs::write(&path, b"{\"peers\": {\"a\": tru").expect("seed");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         reg.warm_up().await;
         let error = reg.list_all(&all(0.0)).await.expect_err("no good view");
         assert!(
@@ -524,7 +524,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
         fs::write(&path, b"garbage").expect("seed");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         let started = Instant::now();
         reg.register(record("b", &[], 60, 1.0))
             .await
@@ -545,7 +545,7 @@ mod tests {
     async fn a_writer_waits_for_a_rewrite_in_place_to_finish() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         reg.register(record("theirs", &[], 60, 1.0))
             .await
             .expect("register");
@@ -575,7 +575,7 @@ mod tests {
     async fn the_legacy_sidecar_lock_is_honoured() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("peer_registry.json");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         let sidecar = File::create(dir.path().join("peer_registry.json.lock")).expect("sidecar");
         sidecar.lock().expect("hold the sidecar lock");
         let write = tokio::spawn({
@@ -597,7 +597,7 @@ mod tests {
     #[tokio::test]
     async fn every_write_syncs_file_and_folder() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let reg = LocalFileRegistry::open(dir.path().join("r.json")).expect("open");
+        let reg = LocalFileSource::open(dir.path().join("r.json")).expect("open");
         reg.register(record("a", &[], 60, 1.0))
             .await
             .expect("register");
@@ -618,7 +618,7 @@ mod tests {
         let target = real.join("peers.json");
         let link = dir.path().join("link.json");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
-        let reg = LocalFileRegistry::open(&link).expect("open");
+        let reg = LocalFileSource::open(&link).expect("open");
         assert_eq!(reg.path(), target);
         reg.register(record("a", &[], 60, 1.0))
             .await

@@ -1,4 +1,4 @@
-//! `LocalFileRegistry`: one JSON file on this machine, shared by every server process
+//! `LocalFileSource`: one JSON file on this machine, shared by every server process
 //! (and by the Python `ipfs_datasets_py` module) that points at it.
 //!
 //! File format: `{"peers": {"<peer_id>": {record}}, "last_cleanup": <unix seconds>}`.
@@ -20,7 +20,7 @@
 //!   (inode, size, mtime) for [`CORRUPT_AFTER`]. Records that break a rule are kept in the
 //!   file as written but not served.
 //! - A change whose caller gave up before the lock was taken is withdrawn, never applied
-//!   later; one that took the lock completes (see [`crate::registry::Commitment`]).
+//!   later; one that took the lock completes (see [`crate::source::Commitment`]).
 //! - A symlinked registry path is resolved: the target is read, written and locked.
 //! - The file is written with mode 0600 (peer records are no one else's business).
 //! - A parsed file is cached and re-read only when its inode, size or mtime change.
@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Commitment, Listing, PeerRegistry, Progress, RegistryError, SourceName, Stored};
+use super::{Commitment, Listing, Progress, Source, SourceError, SourceName, Stored};
 use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
 use commit::WriteQueue;
 use disk::{Snapshot, resolve_symlinks};
@@ -70,7 +70,7 @@ const LOCK_POLL_MAX: Duration = Duration::from_millis(16);
 
 /// The registry file on disk, as a cheap cloneable handle.
 #[derive(Clone)]
-pub struct LocalFileRegistry {
+pub struct LocalFileSource {
     inner: Arc<Inner>,
 }
 
@@ -105,29 +105,29 @@ struct Inner {
     durability_log: Mutex<Vec<&'static str>>,
 }
 
-impl LocalFileRegistry {
+impl LocalFileSource {
     /// Opens (creating folders as needed) the registry at `path`, resolving a symlinked
     /// path to its target. Refuses a path that is a directory, a FIFO or anything else
     /// but a regular file, and a folder where no file can be created. Never waits for
-    /// the lock: the file is read by the first call (or [`PeerRegistry::warm_up`]), and
+    /// the lock: the file is read by the first call (or [`Source::warm_up`]), and
     /// temp files a killed writer left are removed now if the lock is free, else by the
     /// first write. Blocking; call before serving.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, RegistryError> {
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, SourceError> {
         let given = path.into();
         let path = resolve_symlinks(&given)
-            .map_err(|e| RegistryError::io("resolving the symlink", &given, e))?;
+            .map_err(|e| SourceError::io("resolving the symlink", &given, e))?;
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .ok_or_else(|| {
-                RegistryError::io(
+                SourceError::io(
                     "opening registry",
                     &path,
                     std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
                 )
             })?;
         let dir = parent_dir(&path);
-        fs::create_dir_all(&dir).map_err(|e| RegistryError::io("creating folder", &dir, e))?;
+        fs::create_dir_all(&dir).map_err(|e| SourceError::io("creating folder", &dir, e))?;
         match fs::metadata(&path) {
             Ok(meta) if !meta.is_file() => {
                 let kind = if meta.is_dir() {
@@ -135,7 +135,7 @@ impl LocalFileRegistry {
                 } else {
                     "not a regular file (a FIFO, socket or device)"
                 };
-                return Err(RegistryError::io(
+                return Err(SourceError::io(
                     "opening registry",
                     &path,
                     std::io::Error::new(
@@ -146,14 +146,14 @@ impl LocalFileRegistry {
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(RegistryError::io("opening registry", &path, e)),
+            Err(e) => return Err(SourceError::io("opening registry", &path, e)),
         }
         // Writes go through a temp file in the folder: prove now that one can be made.
         tempfile::Builder::new()
             .prefix(&temp_prefix(&file_name))
             .suffix(".tmp")
             .tempfile_in(&dir)
-            .map_err(|e| RegistryError::io("creating a file in", &dir, e))?;
+            .map_err(|e| SourceError::io("creating a file in", &dir, e))?;
         let inner = Inner {
             legacy_lock_path: dir.join(format!("{file_name}.lock")),
             path,
@@ -173,7 +173,7 @@ impl LocalFileRegistry {
         if let Ok(Some(_lock)) = inner.try_lock() {
             inner.sweep_temp_files();
         }
-        Ok(LocalFileRegistry {
+        Ok(LocalFileSource {
             inner: Arc::new(inner),
         })
     }
@@ -183,15 +183,15 @@ impl LocalFileRegistry {
         &self.inner.path
     }
 
-    async fn blocking<T, F>(&self, job: F) -> Result<T, RegistryError>
+    async fn blocking<T, F>(&self, job: F) -> Result<T, SourceError>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, RegistryError> + Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, SourceError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || job(&inner))
             .await
-            .map_err(|e| RegistryError::Remote(format!("local file task failed: {e}")))?
+            .map_err(|e| SourceError::Remote(format!("local file task failed: {e}")))?
     }
 }
 
@@ -224,12 +224,12 @@ fn stored(record: &PeerRecord, created: bool) -> Stored {
 const SOURCE: SourceName = SourceName::LocalFile;
 
 #[async_trait]
-impl PeerRegistry for LocalFileRegistry {
+impl Source for LocalFileSource {
     fn name(&self) -> SourceName {
         SOURCE
     }
 
-    async fn register(&self, record: PeerRecord) -> Result<Stored, RegistryError> {
+    async fn register(&self, record: PeerRecord) -> Result<Stored, SourceError> {
         self.commit(move |inner, file| {
             let existing = file.peers.record(&record.peer_id);
             let created = existing.is_none();
@@ -248,7 +248,7 @@ impl PeerRegistry for LocalFileRegistry {
         peer_id: &str,
         heartbeat: &Heartbeat,
         now: f64,
-    ) -> Result<Option<Stored>, RegistryError> {
+    ) -> Result<Option<Stored>, SourceError> {
         let peer_id = peer_id.to_owned();
         let heartbeat = heartbeat.clone();
         self.commit(move |inner, file| {
@@ -269,7 +269,7 @@ impl PeerRegistry for LocalFileRegistry {
         &self,
         filter: &PeerFilter,
         _progress: &Progress,
-    ) -> Result<Listing, RegistryError> {
+    ) -> Result<Listing, SourceError> {
         let filter = filter.clone();
         self.blocking(move |inner| {
             let file = inner.read()?;
@@ -283,7 +283,7 @@ impl PeerRegistry for LocalFileRegistry {
         .await
     }
 
-    async fn unregister(&self, peer_id: &str) -> Result<bool, RegistryError> {
+    async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError> {
         let peer_id = peer_id.to_owned();
         self.commit(move |_, file| {
             let removed = file.peers.serves(&peer_id) && file.peers.remove(&peer_id);
@@ -297,7 +297,7 @@ impl PeerRegistry for LocalFileRegistry {
         now: f64,
         dry_run: bool,
         _progress: &Progress,
-    ) -> Result<Vec<String>, RegistryError> {
+    ) -> Result<Vec<String>, SourceError> {
         if dry_run {
             return self
                 .blocking(move |inner| Ok(inner.read()?.peers.expired(now)))
@@ -354,8 +354,8 @@ mod test_support {
         PeerFilter::new(&[], true, now).expect("valid")
     }
 
-    impl LocalFileRegistry {
-        pub(super) async fn list_all(&self, filter: &PeerFilter) -> Result<Listing, RegistryError> {
+    impl LocalFileSource {
+        pub(super) async fn list_all(&self, filter: &PeerFilter) -> Result<Listing, SourceError> {
             self.list(filter, &Progress::default()).await
         }
     }
@@ -377,7 +377,7 @@ mod tests {
     async fn writes_the_shared_format_and_keeps_first_seen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("nested/folder/peer_registry.json");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         let first = reg
             .register(record("a", &["storage"], 60, 100.0))
             .await
@@ -431,7 +431,7 @@ mod tests {
               }, "last_cleanup": 5.0, "version": 2}"#,
         )
         .expect("seed");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         let listing = reg.list_all(&all(10.0)).await.expect("list");
         assert_eq!(listing.peers.len(), 1);
         assert_eq!(listing.rejected, 1);
@@ -450,7 +450,7 @@ mod tests {
     #[test]
     fn a_directory_is_not_a_registry_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let error = LocalFileRegistry::open(dir.path()).err().expect("refused");
+        let error = LocalFileSource::open(dir.path()).err().expect("refused");
         assert!(error.to_string().contains("a directory"), "{error}");
     }
 
@@ -463,7 +463,7 @@ mod tests {
         let unrelated = dir.path().join("notes.tmp");
         fs::write(&stale, b"half").expect("seed");
         fs::write(&unrelated, b"keep").expect("seed");
-        LocalFileRegistry::open(&path).expect("open");
+        LocalFileSource::open(&path).expect("open");
         assert!(!stale.exists());
         assert!(unrelated.exists());
     }
@@ -472,7 +472,7 @@ mod tests {
     #[tokio::test]
     async fn cleanup_removes_expired_records() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let reg = LocalFileRegistry::open(dir.path().join("r.json")).expect("open");
+        let reg = LocalFileSource::open(dir.path().join("r.json")).expect("open");
         reg.register(record("short", &[], 10, 0.0))
             .await
             .expect("register");
@@ -506,7 +506,7 @@ mod tests {
     async fn update_and_unregister_of_unknown_peer() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.json");
-        let reg = LocalFileRegistry::open(&path).expect("open");
+        let reg = LocalFileSource::open(&path).expect("open");
         let beat = Heartbeat::default();
         assert!(
             reg.update("ghost", &beat, 1.0)
@@ -525,7 +525,7 @@ mod tests {
         let path = dir.path().join("peer_registry.json");
         let writers: Vec<_> = (0..2)
             .map(|w| {
-                let reg = LocalFileRegistry::open(&path).expect("open");
+                let reg = LocalFileSource::open(&path).expect("open");
                 tokio::spawn(async move {
                     for i in 0..200 {
                         reg.register(record(&format!("w{w}-p{i}"), &[], 600, 1.0))
@@ -540,7 +540,7 @@ mod tests {
         }
         let json = read_json(&path);
         assert_eq!(json["peers"].as_object().expect("peers").len(), 400);
-        let fresh = LocalFileRegistry::open(&path).expect("open");
+        let fresh = LocalFileSource::open(&path).expect("open");
         assert_eq!(
             fresh.list_all(&all(2.0)).await.expect("list").peers.len(),
             400
@@ -553,8 +553,8 @@ mod tests {
     async fn reads_see_other_writers() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.json");
-        let a = LocalFileRegistry::open(&path).expect("open");
-        let b = LocalFileRegistry::open(&path).expect("open");
+        let a = LocalFileSource::open(&path).expect("open");
+        let b = LocalFileSource::open(&path).expect("open");
         assert!(a.list_all(&all(1.0)).await.expect("list").peers.is_empty());
         b.register(record("x", &[], 60, 1.0))
             .await
