@@ -135,7 +135,7 @@ fn discover(c: &mut Criterion) {
         let registry = LocalFileSource::open(&path).expect("open");
         let coordinator = Arc::new(Coordinator::new(
             vec![EnabledSource {
-                registry: Arc::new(registry),
+                source: Arc::new(registry),
                 description: String::new(),
             }],
             BTreeMap::new(),

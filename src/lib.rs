@@ -12,7 +12,8 @@
 //!   and cleans up expired peers in the background.
 //! - [`mcp`]: the rmcp server; one tool per function, each a thin translation to the
 //!   coordinator, with schemas cleaned for strict clients ([`mcp::schema`]).
-//! - [`transport`]: a guard in front of rmcp on stdin/stdout: bounded lines, parse errors.
+//! - [`serve`]: the transports; [`serve::stdio`] puts a guard in front of rmcp on
+//!   stdin/stdout: bounded lines, ordered calls, bounded work in flight.
 //! - [`config`]: the command line (clap; every flag has an environment variable).
 //! - `main.rs`: parses the command line, sets up logging on stderr, calls [`run`].
 //!
@@ -24,8 +25,8 @@ pub mod config;
 pub mod coordinator;
 pub mod mcp;
 pub mod peer;
+pub mod serve;
 pub mod source;
-pub mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,7 +69,7 @@ pub fn build_coordinator(
         })?;
     let mut sources = vec![EnabledSource {
         description: format!("records in {}", local.path().display()),
-        registry: Arc::new(local),
+        source: Arc::new(local),
     }];
     let mut disabled = BTreeMap::new();
     match (&options.github_repo, github_token) {
@@ -85,28 +86,24 @@ pub fn build_coordinator(
                 .map_err(|e| StartError::GitHub(e.to_string()))?;
             sources.push(EnabledSource {
                 description: github.describe(),
-                registry: Arc::new(github),
+                source: Arc::new(github),
             });
         }
         (Some(repo), None) => {
             disabled.insert(
-                SourceName::Github,
+                SourceName::GITHUB,
                 format!("no token: set GITHUB_TOKEN (or GH_TOKEN) to a token that can write issues in {repo}"),
             );
         }
         (None, Some(_)) => {
             disabled.insert(
-                SourceName::Github,
+                SourceName::GITHUB,
                 "no repository: set --github-repo OWNER/NAME (or PEER_REGISTRY_GITHUB_REPO)"
                     .to_owned(),
             );
         }
-        (None, None) => {
-            disabled.insert(
-                SourceName::Github,
-                "not configured: set --github-repo OWNER/NAME (or PEER_REGISTRY_GITHUB_REPO) and GITHUB_TOKEN (or GH_TOKEN)".to_owned(),
-            );
-        }
+        // Reported with its built-in text (how to turn it on).
+        (None, None) => {}
     }
     Ok(Arc::new(Coordinator::new(
         sources,
@@ -122,7 +119,7 @@ pub fn build_coordinator(
 
 /// Serves MCP on `input`/`output` (stdin/stdout) until the input closes or `shutdown`
 /// resolves, with background cleanup running meanwhile. Either way every call already
-/// read is answered first (bounded by [`transport::DRAIN`]). Returns once every answer
+/// read is answered first (bounded by [`serve::stdio::DRAIN`]). Returns once every answer
 /// has been written.
 pub async fn run<R, W>(
     coordinator: Arc<Coordinator>,
@@ -134,9 +131,9 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let cleanup = coordinator.spawn_background_cleanup();
-    coordinator.spawn_warm_up();
-    let (transport, mut guard) = transport::guard(input, output, transport::Limits::default());
+    let background = coordinator.start_background();
+    let (transport, mut guard) =
+        serve::stdio::guard(input, output, serve::stdio::Limits::default());
     let server = mcp::PeerDiscoveryServer::new(Arc::clone(&coordinator));
     let served = async {
         let running = match server.serve(transport).await {
@@ -163,9 +160,16 @@ where
         }
     };
     let quit = served.await;
-    if let Some(task) = cleanup {
-        task.abort();
-    }
+    drop(background);
     guard.finish().await;
     quit
+}
+
+/// The one policy for poisoned locks in this crate: go on with the data. Every mutex here
+/// guards state that is whole between statements (counters, caches, queues, notices), and a
+/// panic in one call must not stop every later call of a long-running server.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -130,7 +130,7 @@ async fn bad_arguments_are_tool_errors_and_change_nothing() {
         (
             "register_peer",
             register(json!({"sources": ["dht"]})),
-            "unknown variant `dht`",
+            "unknown source `dht`; name some of: local_file, github, etcd",
         ),
         (
             "register_peer",

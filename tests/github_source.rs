@@ -43,9 +43,13 @@ async fn flow_across_github_and_the_local_file() {
         json!(["local_file", "github"])
     );
     assert_eq!(registered["outcomes"]["github"]["status"], "ok");
-    let issue_number = registered["outcomes"]["github"]["issue_number"]
-        .as_u64()
-        .expect("issue number");
+    let location = registered["outcomes"]["github"]["location"]
+        .as_str()
+        .expect("location");
+    let issue_number: u64 = location
+        .strip_prefix("issue #")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("location `{location}` names no issue"));
 
     let issues = open_issues_for(&fake, "agent-1");
     assert_eq!(issues.len(), 1);
@@ -263,7 +267,7 @@ async fn one_open_issue_per_peer() {
         fake.issues()
     );
     assert_eq!(
-        ra["outcomes"]["github"]["issue_number"], rb["outcomes"]["github"]["issue_number"],
+        ra["outcomes"]["github"]["location"], rb["outcomes"]["github"]["location"],
         "both servers report the surviving issue"
     );
     let found = call(&a, "discover_peers", json!({"sources": ["github"]})).await;

@@ -174,7 +174,8 @@ async fn a_peer_lives_and_leaves() {
     let cleaned = call(&client, "cleanup_expired_peers", json!({})).await;
     let cleaned = ok(&cleaned).clone();
     assert_eq!(cleaned["removed_peer_ids"], json!(["brief"]));
-    assert_eq!(cleaned["removed"]["local_file"], 1);
+    assert_eq!(cleaned["removed"], json!({"local_file": 1}));
+    assert_eq!(cleaned["cache_evicted"], 0);
     assert!(read_registry(&registry)["peers"].get("brief").is_none());
 
     // Unregister removes a peer; a second time there is nothing to remove.
@@ -217,6 +218,8 @@ async fn a_peer_lives_and_leaves() {
     assert_eq!(status["sources"][0]["enabled"], true);
     assert!(status["sources"][0]["stats"]["calls"].as_u64() > Some(10));
     assert_eq!(status["sources"][1]["enabled"], false);
+    assert_eq!(status["sources"][2]["source"], "etcd");
+    assert_eq!(status["sources"][2]["enabled"], false);
 
     client.cancel().await.expect("shutdown");
 }

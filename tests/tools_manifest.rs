@@ -72,3 +72,30 @@ async fn every_schema_is_strict_client_safe() {
         );
     }
 }
+
+/// No output schema names a source inside `outcomes`: one outcome schema sits under
+/// `additionalProperties`, so adding a source changes no tool's schema. The `sources`
+/// argument lists every built-in source, whatever the build.
+#[tokio::test]
+async fn outcomes_name_no_source_and_sources_lists_every_built_in() {
+    for tool in listed_tools().await {
+        let name = tool["name"].as_str().expect("name").to_owned();
+        let output = &tool["outputSchema"]["properties"];
+        if let Some(outcomes) = output.get("outcomes") {
+            assert_eq!(outcomes["type"], "object", "{name}");
+            assert!(outcomes.get("properties").is_none(), "{name}: {outcomes}");
+            assert_eq!(
+                outcomes["additionalProperties"]["properties"]["status"]["enum"],
+                json!(["ok", "error", "disabled", "rate_limited", "timeout"]),
+                "{name}"
+            );
+        }
+        if let Some(sources) = tool["inputSchema"]["properties"].get("sources") {
+            assert_eq!(
+                sources["items"]["enum"],
+                json!(["local_file", "github", "etcd"]),
+                "{name}"
+            );
+        }
+    }
+}

@@ -25,7 +25,7 @@ pub use args::*;
 
 use crate::coordinator::{CallError, Coordinator, Outcomes};
 use crate::peer::{Announcement, Heartbeat};
-use crate::source::{Progress, SourceName};
+use crate::source::Progress;
 
 /// What the server tells a client about itself at `initialize`.
 const INSTRUCTIONS: &str = "\
@@ -62,14 +62,10 @@ fn answer<T: Serialize>(summary: String, value: &T) -> Result<CallToolResult, St
 }
 
 fn sources_note(outcomes: &Outcomes) -> String {
-    SourceName::ALL
-        .into_iter()
-        .filter_map(|s| {
-            outcomes.get(s).map(|o| {
-                // Prose in the summary line: "rate limited", not "rate_limited".
-                format!("{s}: {}", o.status.as_str().replace('_', " "))
-            })
-        })
+    outcomes
+        .iter()
+        // Prose in the summary line: "rate limited", not "rate_limited".
+        .map(|(s, o)| format!("{s}: {}", o.status.as_str().replace('_', " ")))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -307,15 +303,11 @@ register_peer instead.",
             .update(&args.peer_id, heartbeat, args.sources.as_deref())
             .await
             .map_err(tool_error)?;
-        let kept: Vec<&str> = SourceName::ALL
-            .into_iter()
-            .filter(|s| {
-                result
-                    .outcomes
-                    .get(*s)
-                    .is_some_and(|o| o.written == Some(false))
-            })
-            .map(SourceName::as_str)
+        let kept: Vec<&str> = result
+            .outcomes
+            .iter()
+            .filter(|(_, o)| o.written == Some(false))
+            .map(|(s, _)| s.as_str())
             .collect();
         let kept = if kept.is_empty() {
             String::new()

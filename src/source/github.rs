@@ -44,7 +44,7 @@ const MAX_BODY_CHARS: usize = 65_536;
 /// Most ETag-cached pages kept; past it the cache starts over.
 const MAX_CACHED_PAGES: usize = 512;
 
-const SOURCE: SourceName = SourceName::Github;
+const SOURCE: SourceName = SourceName::GITHUB;
 
 /// `OWNER/NAME` of a GitHub repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -835,7 +835,7 @@ impl GitHubIssuesSource {
                 record: merged,
                 created: false,
                 written: true,
-                issue_number: Some(canonical.number),
+                location: Some(format!("issue #{}", canonical.number)),
             });
         }
         lock(&self.issue_numbers).insert(record.peer_id.clone(), created.number);
@@ -843,7 +843,7 @@ impl GitHubIssuesSource {
             record: record.clone(),
             created: true,
             written: true,
-            issue_number: Some(created.number),
+            location: Some(format!("issue #{}", created.number)),
         })
     }
     /// `register`, for a caller that holds the write lock.
@@ -863,7 +863,7 @@ impl GitHubIssuesSource {
                     record: stored,
                     created: false,
                     written: true,
-                    issue_number: Some(issue.number),
+                    location: Some(format!("issue #{}", issue.number)),
                 })
             }
             None => self.create(&record).await,
@@ -908,7 +908,7 @@ impl Source for GitHubIssuesSource {
                 record: existing,
                 created: false,
                 written: false,
-                issue_number: Some(issue.number),
+                location: Some(format!("issue #{}", issue.number)),
             }));
         }
         let updated = heartbeat.apply(&existing, now);
@@ -919,7 +919,7 @@ impl Source for GitHubIssuesSource {
             record: updated,
             created: false,
             written: true,
-            issue_number: Some(issue.number),
+            location: Some(format!("issue #{}", issue.number)),
         }))
     }
 

@@ -7,49 +7,20 @@
 
 pub mod github;
 pub mod local_file;
+pub mod memory;
+mod name;
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
 
 pub use github::GitHubIssuesSource;
 pub use local_file::LocalFileSource;
-
-/// The name of a source, as tools accept and report it: `local_file` (the JSON file on
-/// this machine) or `github` (one issue per peer in a shared repository).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceName {
-    // The JSON file on this machine, shared by every server process.
-    LocalFile,
-    // One GitHub issue per peer in a shared repository.
-    Github,
-}
-
-impl SourceName {
-    pub const ALL: [SourceName; 2] = [SourceName::LocalFile, SourceName::Github];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceName::LocalFile => "local_file",
-            SourceName::Github => "github",
-        }
-    }
-}
-
-impl fmt::Display for SourceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use memory::MemorySource;
+pub use name::{BUILT_IN, BuiltIn, SourceName};
 
 /// What a source did with one record it was asked to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +32,8 @@ pub struct Stored {
     /// False when the source decided the write was not needed (the held copy was still
     /// fresh enough); the record is then the held copy.
     pub written: bool,
-    /// The GitHub issue that holds the record, for sources that have one.
-    pub issue_number: Option<u64>,
+    /// Where the source keeps the record, in its own terms (`issue #12`), if it can say.
+    pub location: Option<String>,
 }
 
 /// The records a source holds that match a filter.
@@ -124,6 +95,9 @@ pub enum SourceError {
     RateLimited { retry_after_seconds: u64 },
     #[error("{0}")]
     Remote(String),
+    /// A fault in this program (a panic inside a source), not in the data or the remote.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// A copy for each of the callers that one failure answers (a batch of local file writes
@@ -152,6 +126,7 @@ impl Clone for SourceError {
                 retry_after_seconds: *retry_after_seconds,
             },
             SourceError::Remote(message) => SourceError::Remote(message.clone()),
+            SourceError::Internal(message) => SourceError::Internal(message.clone()),
         }
     }
 }
@@ -214,13 +189,11 @@ impl Commitment {
     /// What the source is waiting for before it can take the change (said to the caller
     /// if it gives up), e.g. a lock held by another process.
     pub fn set_waiting_on(&self, what: String) {
-        if let Ok(mut slot) = self.waiting_on.lock() {
-            *slot = Some(what);
-        }
+        *crate::lock(&self.waiting_on) = Some(what);
     }
 
     pub fn waiting_on(&self) -> Option<String> {
-        self.waiting_on.lock().ok().and_then(|w| w.clone())
+        crate::lock(&self.waiting_on).clone()
     }
 
     /// The commitment of the change being made in this task: the one the coordinator set

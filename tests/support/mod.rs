@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod sources;
 
 use std::path::Path;
 use std::process::Stdio;

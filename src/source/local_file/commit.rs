@@ -141,9 +141,7 @@ impl LocalFileSource {
 
 impl Inner {
     pub(super) fn queue(&self) -> std::sync::MutexGuard<'_, WriteQueue> {
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.queue)
     }
 
     /// Runs [`Inner::write_queued`] on tokio's blocking pool (on this thread when there

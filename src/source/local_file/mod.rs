@@ -217,11 +217,11 @@ fn stored(record: &PeerRecord, created: bool) -> Stored {
         record: record.clone(),
         created,
         written: true,
-        issue_number: None,
+        location: None,
     }
 }
 
-const SOURCE: SourceName = SourceName::LocalFile;
+const SOURCE: SourceName = SourceName::LOCAL_FILE;
 
 #[async_trait]
 impl Source for LocalFileSource {
@@ -321,11 +321,7 @@ impl Source for LocalFileSource {
     }
 
     fn take_notices(&self) -> Vec<String> {
-        self.inner
-            .notices
-            .lock()
-            .map(|mut n| std::mem::take(&mut *n))
-            .unwrap_or_default()
+        std::mem::take(&mut *crate::lock(&self.inner.notices))
     }
 }
 

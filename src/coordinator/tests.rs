@@ -1,0 +1,317 @@
+use super::*;
+use crate::peer::DEFAULT_TTL_SECONDS;
+use crate::source::{Listing, Stored};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn rec(id: &str, last_seen: f64, source: &str) -> PeerRecord {
+    let mut r = Announcement::new(
+        id.into(),
+        "/ip4/127.0.0.1/tcp/1",
+        &[],
+        None,
+        None,
+        DEFAULT_TTL_SECONDS,
+    )
+    .expect("valid")
+    .into_record(last_seen);
+    r.source = source.into();
+    r
+}
+
+/// The newest copy wins, every holder is listed, ranking is newest first then by id.
+#[test]
+fn merge_dedups_and_ranks() {
+    let merged = merge(vec![
+        (
+            SourceName::LOCAL_FILE,
+            vec![rec("b", 10.0, "local_file"), rec("a", 5.0, "local_file")],
+        ),
+        (
+            SourceName::GITHUB,
+            vec![rec("a", 20.0, "github"), rec("c", 10.0, "github")],
+        ),
+    ]);
+    let order: Vec<(&str, f64, &str)> = merged
+        .iter()
+        .map(|(r, _)| (r.peer_id.as_str(), r.last_seen, r.source.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("a", 20.0, "github"),
+            ("b", 10.0, "local_file"),
+            ("c", 10.0, "github")
+        ]
+    );
+    assert_eq!(
+        merged[0].1,
+        vec![SourceName::LOCAL_FILE, SourceName::GITHUB]
+    );
+}
+
+/// A source that is always slow, to prove the timeout and the degraded answer.
+struct Stalled;
+
+#[async_trait]
+impl Source for Stalled {
+    fn name(&self) -> SourceName {
+        SourceName::GITHUB
+    }
+    async fn register(&self, _: PeerRecord) -> Result<Stored, SourceError> {
+        futures::future::pending().await
+    }
+    async fn update(&self, _: &str, _: &Heartbeat, _: f64) -> Result<Option<Stored>, SourceError> {
+        futures::future::pending().await
+    }
+    async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
+        futures::future::pending().await
+    }
+    async fn unregister(&self, _: &str) -> Result<bool, SourceError> {
+        futures::future::pending().await
+    }
+    async fn cleanup(&self, _: f64, _: bool, _: &Progress) -> Result<Vec<String>, SourceError> {
+        futures::future::pending().await
+    }
+}
+
+/// An in-memory source under `name`.
+fn memory(name: &str) -> crate::source::MemorySource {
+    crate::source::MemorySource::new(SourceName::new(name).expect("valid name"))
+}
+
+fn coordinator(sources: Vec<Arc<dyn Source>>, clock: Clock) -> Coordinator {
+    Coordinator::new(
+        sources
+            .into_iter()
+            .map(|source| EnabledSource {
+                source,
+                description: String::new(),
+            })
+            .collect(),
+        BTreeMap::new(),
+        CoordinatorConfig {
+            default_ttl_seconds: DEFAULT_TTL_SECONDS,
+            source_timeout: Duration::from_millis(200),
+            cleanup_interval: Duration::ZERO,
+        },
+        clock,
+    )
+}
+
+fn announcement(id: &str, ttl: i64) -> Announcement {
+    Announcement::new(
+        id.into(),
+        "/ip4/127.0.0.1/tcp/1",
+        &["compute".into()],
+        Some(ttl),
+        None,
+        DEFAULT_TTL_SECONDS,
+    )
+    .expect("valid")
+}
+
+/// A stalled source times out; the local results still come back with its outcome.
+#[tokio::test]
+async fn stalled_source_degrades_to_the_others() {
+    let local = memory("local_file");
+    let c = coordinator(vec![Arc::new(local), Arc::new(Stalled)], Arc::new(|| 100.0));
+    let reg = c
+        .register(announcement("p", 60), None)
+        .await
+        .expect("register");
+    assert_eq!(
+        reg.outcomes.get("github").map(|o| o.status),
+        Some(SourceStatus::Timeout)
+    );
+    assert_eq!(reg.peer.sources, vec![SourceName::LOCAL_FILE]);
+    let found = c
+        .discover(&[], None, false, None, &Progress::default())
+        .await
+        .expect("discover");
+    assert_eq!(found.peers.len(), 1);
+    assert_eq!(
+        found.outcomes.get("local_file").map(|o| o.status),
+        Some(SourceStatus::Ok)
+    );
+    let only_stalled = c
+        .discover(
+            &[],
+            None,
+            false,
+            Some(&[SourceName::GITHUB]),
+            &Progress::default(),
+        )
+        .await;
+    assert!(matches!(only_stalled, Err(CallError::NoSource(_))));
+}
+
+/// Expiry follows the injected clock: a peer leaves discover at last_seen + ttl.
+#[tokio::test]
+async fn expiry_follows_the_clock() {
+    let local = memory("local_file");
+    let now = Arc::new(AtomicU64::new(1000));
+    let clock_now = Arc::clone(&now);
+    let c = coordinator(
+        vec![Arc::new(local)],
+        Arc::new(move || clock_now.load(Ordering::SeqCst) as f64),
+    );
+    c.register(announcement("short", 10), None)
+        .await
+        .expect("register");
+    c.register(announcement("long", 100), None)
+        .await
+        .expect("register");
+    now.store(1010, Ordering::SeqCst);
+    let found = c
+        .discover(&["compute".into()], None, false, None, &Progress::default())
+        .await
+        .expect("discover");
+    assert_eq!(
+        found
+            .peers
+            .iter()
+            .map(|p| p.peer_id.as_str())
+            .collect::<Vec<_>>(),
+        ["long"]
+    );
+    let all = c
+        .discover(&[], None, true, None, &Progress::default())
+        .await
+        .expect("discover");
+    assert_eq!(all.total_matched, 2);
+    let cleaned = c
+        .cleanup(false, None, &Progress::default())
+        .await
+        .expect("cleanup");
+    assert_eq!(cleaned.removed_peer_ids, vec!["short"]);
+    assert_eq!(cleaned.removed.get("local_file"), Some(&1));
+}
+
+/// max_peers cuts after ranking, so the newest peers are never missed.
+#[tokio::test]
+async fn max_peers_cuts_after_ranking() {
+    let local = memory("local_file");
+    let now = Arc::new(AtomicU64::new(1));
+    let clock_now = Arc::clone(&now);
+    let c = coordinator(
+        vec![Arc::new(local)],
+        Arc::new(move || clock_now.load(Ordering::SeqCst) as f64),
+    );
+    for (i, id) in ["z", "y", "x", "w"].iter().enumerate() {
+        now.store(10 + i as u64, Ordering::SeqCst);
+        c.register(announcement(id, 1000), None)
+            .await
+            .expect("register");
+    }
+    let found = c
+        .discover(&[], Some(2), false, None, &Progress::default())
+        .await
+        .expect("discover");
+    assert_eq!(
+        found
+            .peers
+            .iter()
+            .map(|p| p.peer_id.as_str())
+            .collect::<Vec<_>>(),
+        ["w", "x"]
+    );
+    assert_eq!(found.total_matched, 4);
+    assert!(matches!(
+        c.discover(&[], Some(0), false, None, &Progress::default())
+            .await,
+        Err(CallError::BadArgument(_))
+    ));
+}
+
+/// A source with a bug: every call panics.
+struct Panicking;
+
+#[async_trait]
+impl Source for Panicking {
+    fn name(&self) -> SourceName {
+        SourceName::new("buggy").expect("valid")
+    }
+    async fn register(&self, _: PeerRecord) -> Result<Stored, SourceError> {
+        panic!("register exploded")
+    }
+    async fn update(&self, _: &str, _: &Heartbeat, _: f64) -> Result<Option<Stored>, SourceError> {
+        panic!("update exploded")
+    }
+    async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
+        panic!("list exploded")
+    }
+    async fn unregister(&self, _: &str) -> Result<bool, SourceError> {
+        panic!("unregister exploded")
+    }
+    async fn cleanup(&self, _: f64, _: bool, _: &Progress) -> Result<Vec<String>, SourceError> {
+        panic!("cleanup exploded")
+    }
+}
+
+/// A panic inside a source is that source's `error` outcome: the call answers with the
+/// other sources' results, and later calls still answer.
+#[tokio::test]
+async fn a_panicking_source_is_an_error_outcome() {
+    let local = memory("local_file");
+    let c = coordinator(
+        vec![Arc::new(local), Arc::new(Panicking)],
+        Arc::new(|| 100.0),
+    );
+    let reg = c
+        .register(announcement("p", 60), None)
+        .await
+        .expect("register answers");
+    let buggy = reg.outcomes.get("buggy").expect("buggy outcome");
+    assert_eq!(buggy.status, SourceStatus::Error);
+    assert!(
+        buggy
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("register exploded")),
+        "{buggy:?}"
+    );
+    for _ in 0..3 {
+        let found = c
+            .discover(&[], None, false, None, &Progress::default())
+            .await
+            .expect("discover answers");
+        assert_eq!(found.peers.len(), 1);
+        assert_eq!(
+            found.outcomes.get("buggy").map(|o| o.status),
+            Some(SourceStatus::Error)
+        );
+    }
+    let status = c.status();
+    let stats = &status
+        .sources
+        .iter()
+        .find(|s| s.source.as_str() == "buggy")
+        .expect("listed")
+        .stats;
+    assert_eq!(stats.failures, 4);
+}
+
+/// Sources are named by the caller; unknown names are refused with the list of known ones.
+#[tokio::test]
+async fn unknown_source_names_are_refused_with_the_known_ones() {
+    let local = memory("local_file");
+    let c = coordinator(vec![Arc::new(local)], Arc::new(|| 100.0));
+    let asked = [SourceName::new("nosuch").expect("valid")];
+    let Err(CallError::BadArgument(message)) = c
+        .discover(&[], None, false, Some(&asked), &Progress::default())
+        .await
+    else {
+        panic!("an unknown source must be a bad argument");
+    };
+    assert_eq!(
+        message,
+        "unknown source `nosuch`; name some of: local_file, github, etcd"
+    );
+    let found = c
+        .discover(&[], None, false, None, &Progress::default())
+        .await
+        .expect("discover");
+    let etcd = found.outcomes.get("etcd").expect("etcd reported");
+    assert_eq!(etcd.status, SourceStatus::Disabled);
+}

@@ -1,0 +1,7 @@
+//! Transports: how MCP messages reach the server. Each sits beside the others and hands
+//! calls to the same [`crate::mcp::PeerDiscoveryServer`].
+//!
+//! - [`stdio`]: one client on stdin/stdout (what MCP clients start), behind a guard that
+//!   bounds lines, orders dependent calls and bounds the work in flight.
+
+pub mod stdio;
