@@ -12,7 +12,7 @@ use std::time::Duration;
 mod fixtures;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use peer_discovery_mcp::coordinator::{Coordinator, CoordinatorConfig, EnabledSource};
+use peer_discovery_mcp::coordinator::{Coordinator, CoordinatorConfig, Direct, EnabledSource};
 use peer_discovery_mcp::peer::{Announcement, DEFAULT_TTL_SECONDS, PeerFilter};
 use peer_discovery_mcp::source::{LocalFileSource, Progress, Source};
 use serde_json::json;
@@ -80,14 +80,14 @@ fn registry_file(c: &mut Criterion) {
             b.iter(|| {
                 let registry = LocalFileSource::open(&path).expect("open");
                 runtime
-                    .block_on(registry.list(
+                    .block_on(registry.scan(
                         &PeerFilter {
                             limit: Some(1),
                             ..all.clone()
                         },
                         &Progress::default(),
                     ))
-                    .expect("list")
+                    .expect("scan")
                     .matched
             })
         });

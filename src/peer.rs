@@ -418,6 +418,9 @@ pub struct PeerFilter {
     /// Only the best `limit` records by [`rank_order`] are wanted (the rest are counted).
     /// Set when one source answers alone, so it can skip copying the others.
     pub limit: Option<usize>,
+    /// Cleanup's scan: only the records cleanup at `now` removes ([`cleanup_removes`]:
+    /// leases over, and records stamped ahead of the clock), nothing else.
+    pub stale_only: bool,
 }
 
 impl PeerFilter {
@@ -432,7 +435,19 @@ impl PeerFilter {
             include_expired,
             now,
             limit: None,
+            stale_only: false,
         })
+    }
+
+    /// What cleanup at `now` scans for: every record it removes, whatever its capabilities.
+    pub fn stale(now: f64) -> Self {
+        Self {
+            capabilities: Vec::new(),
+            include_expired: true,
+            now,
+            limit: None,
+            stale_only: true,
+        }
     }
 
     pub fn matches(&self, record: &PeerRecord) -> bool {
@@ -450,6 +465,9 @@ impl PeerFilter {
         expires_at: f64,
         has_capabilities: impl FnOnce() -> bool,
     ) -> bool {
+        if self.stale_only {
+            return cleanup_removes(last_seen, expires_at, self.now);
+        }
         !ahead_of_clock(last_seen, self.now)
             && (self.include_expired || !lease_ended(expires_at, self.now))
             && has_capabilities()
@@ -472,6 +490,16 @@ pub fn ahead_of_clock(last_seen: f64, now: f64) -> bool {
 /// `expires_at`: its lease is over, or its clock is not to be trusted.
 pub fn cleanup_removes(last_seen: f64, expires_at: f64, now: f64) -> bool {
     lease_ended(expires_at, now) || ahead_of_clock(last_seen, now)
+}
+
+/// Newest wins: of two copies of one peer, the one with the later `last_seen` (`held` on
+/// a tie). Merging sources, and a source that finds several copies, both choose by it.
+pub fn newest<'a>(held: &'a PeerRecord, other: &'a PeerRecord) -> &'a PeerRecord {
+    if other.last_seen > held.last_seen {
+        other
+    } else {
+        held
+    }
 }
 
 /// How discover ranks peers: newest `last_seen` first, ties by `peer_id`.

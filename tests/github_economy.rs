@@ -111,9 +111,10 @@ async fn requests_per_operation_at_one_thousand_peers() {
 /// and an edit is refused without sending the write.
 #[tokio::test]
 async fn write_budget_refuses_before_spending_requests() {
+    use peer_discovery_mcp::coordinator::Direct;
     use peer_discovery_mcp::peer::Announcement;
     use peer_discovery_mcp::source::github::{GitHubSettings, WriteBudget};
-    use peer_discovery_mcp::source::{GitHubIssuesSource, Source, SourceError};
+    use peer_discovery_mcp::source::{GitHubIssuesSource, SourceError};
 
     let fake = FakeGitHub::start().await;
     let settings = GitHubSettings {

@@ -7,17 +7,23 @@
 //! [`Coordinator::new`] and the [`crate::source::Source`] trait are the crate's extension
 //! API: a program that embeds the crate can add a source of its own under its own name.
 //!
+//! - `direct.rs`: the same operations on one source alone, for tests and benchmarks.
+//! - `merge.rs`: the rules applied once more to what sources return, and the merge.
+//! - `policy.rs`: what a source is told to do with the copy it holds, per operation.
 //! - `results.rs`: the wire types every answer is made of (outcomes keyed by source name).
 //! - `stats.rs`: per-source counters for `registry_status`.
 //! - `background.rs`: warm-up and periodic cleanup, stopped by a drop guard.
 
 mod background;
+mod direct;
+mod merge;
+pub mod policy;
 mod results;
 mod stats;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -27,10 +33,12 @@ use futures::FutureExt;
 use futures::future::join_all;
 
 pub use background::BackgroundTasks;
+pub use direct::Direct;
 pub use results::*;
 
-use crate::peer::{Announcement, Heartbeat, InvalidPeer, PeerFilter, PeerRecord};
-use crate::source::{BUILT_IN, Commitment, Progress, Source, SourceError, SourceName};
+use crate::peer::{Announcement, Heartbeat, InvalidPeer, PeerFilter};
+use crate::source::{BUILT_IN, Commitment, Modified, Progress, Source, SourceError, SourceName};
+use merge::{merge, recheck};
 use stats::StatsBook;
 
 /// Where the coordinator reads the time: Unix seconds. Tests pass their own.
@@ -257,21 +265,36 @@ impl Coordinator {
         } = self.select(asked)?;
         let now = self.now();
         let record = announcement.into_record(now);
+        let peer_id = record.peer_id.clone();
         let results = self
             .fan_out(&sources, |s| {
-                let record = record.clone();
-                async move { s.register(record).await }
+                let decide = policy::register(record.clone());
+                let peer_id = peer_id.clone();
+                async move { s.modify(&peer_id, decide).await }
             })
             .await;
         let mut stored = Vec::new();
+        let mut created = true;
         for (name, result) in results {
             match result {
-                Ok(s) => {
+                Ok(Modified {
+                    after: Some(after),
+                    before,
+                    location,
+                    ..
+                }) => {
                     let mut outcome = SourceOutcome::ok(1);
-                    outcome.location = s.location.clone();
+                    outcome.location = location;
                     outcomes.set(name.clone(), outcome);
-                    stored.push((name, s));
+                    created &= before.is_none();
+                    stored.push((name, after));
                 }
+                Ok(Modified { after: None, .. }) => outcomes.set(
+                    name,
+                    SourceOutcome::failed(&SourceError::Internal(
+                        "the source kept nothing for a register".into(),
+                    )),
+                ),
                 Err(e) => outcomes.set(name, SourceOutcome::failed(&e)),
             }
         }
@@ -279,12 +302,11 @@ impl Coordinator {
         if stored.is_empty() {
             return Err(CallError::NoSource(outcomes.describe()));
         }
-        let created = stored.iter().all(|(_, s)| s.created);
         let holders: Vec<SourceName> = stored.iter().map(|(n, _)| n.clone()).collect();
         // Sources may disagree on first_seen (one saw the peer earlier): report the earliest.
         let record = stored
             .into_iter()
-            .map(|(_, s)| s.record)
+            .map(|(_, r)| r)
             .min_by(|a, b| a.first_seen.total_cmp(&b.first_seen))
             .unwrap_or(record);
         Ok(RegisterResult {
@@ -323,13 +345,14 @@ impl Coordinator {
             .fan_out(&sources, |s| {
                 let filter = filter.clone();
                 let progress = progress.clone();
-                async move { s.list(&filter, &progress).await }
+                async move { s.scan(&filter, &progress).await }
             })
             .await;
         let mut listings = Vec::new();
         for (name, result) in results {
             match result {
-                Ok(listing) => {
+                Ok(mut listing) => {
+                    recheck(&mut listing, &filter);
                     let mut outcome = SourceOutcome::ok(listing.matched);
                     if listing.rejected > 0 {
                         outcome.rejected = Some(listing.rejected as u64);
@@ -381,9 +404,9 @@ impl Coordinator {
         let now = self.now();
         let results = self
             .fan_out(&sources, |s| {
-                let heartbeat = heartbeat.clone();
+                let decide = policy::heartbeat(heartbeat.clone(), now, s.abilities());
                 let peer_id = peer_id.to_owned();
-                async move { s.update(&peer_id, &heartbeat, now).await }
+                async move { s.modify(&peer_id, decide).await }
             })
             .await;
         let mut held = Vec::new();
@@ -391,19 +414,24 @@ impl Coordinator {
         let mut failures = 0;
         for (name, result) in results {
             match result {
-                Ok(Some(stored)) => {
+                Ok(Modified {
+                    after: Some(after),
+                    written,
+                    location,
+                    ..
+                }) => {
                     let mut outcome = SourceOutcome::ok(1);
-                    outcome.location = stored.location.clone();
-                    outcome.written = Some(stored.written);
-                    if !stored.written {
+                    outcome.location = location;
+                    outcome.written = Some(written);
+                    if !written {
                         outcome.add_detail(
                             "the held copy is still fresh; the heartbeat was not written".into(),
                         );
                     }
                     outcomes.set(name.clone(), outcome);
-                    held.push((name, stored.record));
+                    held.push((name, after));
                 }
-                Ok(None) => lacking.push(name),
+                Ok(Modified { after: None, .. }) => lacking.push(name),
                 Err(e) => {
                     failures += 1;
                     outcomes.set(name, SourceOutcome::failed(&e));
@@ -413,7 +441,7 @@ impl Coordinator {
         let Some(newest) = held
             .iter()
             .map(|(_, r)| r)
-            .max_by(|a, b| a.last_seen.total_cmp(&b.last_seen))
+            .reduce(crate::peer::newest)
             .cloned()
         else {
             self.attach_notices(&sources, &mut outcomes);
@@ -438,19 +466,30 @@ impl Coordinator {
             .collect();
         let restored = self
             .fan_out(&lacking_sources, |s| {
-                let record = newest.clone();
-                async move { s.register(record).await }
+                let decide = policy::register(newest.clone());
+                let peer_id = peer_id.to_owned();
+                async move { s.modify(&peer_id, decide).await }
             })
             .await;
         for (name, result) in restored {
             match result {
-                Ok(stored) => {
+                Ok(Modified {
+                    after: Some(after),
+                    location,
+                    ..
+                }) => {
                     let mut outcome = SourceOutcome::ok(1);
-                    outcome.location = stored.location.clone();
+                    outcome.location = location;
                     outcome.add_detail("this source did not hold the peer; it was registered again from another source".into());
                     outcomes.set(name.clone(), outcome);
-                    held.push((name, stored.record));
+                    held.push((name, after));
                 }
+                Ok(Modified { after: None, .. }) => outcomes.set(
+                    name,
+                    SourceOutcome::failed(&SourceError::Internal(
+                        "the source kept nothing for a register".into(),
+                    )),
+                ),
                 Err(e) => outcomes.set(name, SourceOutcome::failed(&e)),
             }
         }
@@ -476,14 +515,15 @@ impl Coordinator {
         let results = self
             .fan_out(&sources, |s| {
                 let peer_id = peer_id.to_owned();
-                async move { s.unregister(&peer_id).await }
+                async move { s.modify(&peer_id, policy::unregister()).await }
             })
             .await;
         let mut served = false;
         let mut removed = false;
         for (name, result) in results {
             match result {
-                Ok(was_held) => {
+                Ok(modified) => {
+                    let was_held = modified.before.is_some() && modified.after.is_none();
                     served = true;
                     removed |= was_held;
                     outcomes.set(name, SourceOutcome::ok(usize::from(was_held)));
@@ -517,13 +557,13 @@ impl Coordinator {
         let results = self
             .fan_out(&sources, |s| {
                 let progress = progress.clone();
-                async move { s.cleanup(now, dry_run, &progress).await }
+                async move { clean_up(s.as_ref(), now, dry_run, &progress).await }
             })
             .await;
         let cache_evicted: usize = if dry_run {
             0
         } else {
-            sources.iter().map(|s| s.evict_expired_cache(now)).sum()
+            sources.iter().map(|s| s.evict_stale_cache(now)).sum()
         };
         let mut removed = BTreeMap::new();
         let mut ids = Vec::new();
@@ -581,6 +621,32 @@ impl Coordinator {
     }
 }
 
+/// Cleanup of one source at `now`: scan for what cleanup removes, then remove those whose
+/// copy is still stale (a peer that heartbeated since the scan stays). A source whose
+/// records expire by themselves has nothing to remove.
+async fn clean_up<S: Source + ?Sized>(
+    source: &S,
+    now: f64,
+    dry_run: bool,
+    progress: &Progress,
+) -> Result<Vec<String>, SourceError> {
+    if source.abilities().expires_by_itself {
+        return Ok(Vec::new());
+    }
+    let filter = PeerFilter::stale(now);
+    let listing = source.scan(&filter, progress).await?;
+    let stale: Vec<String> = listing
+        .peers
+        .into_iter()
+        .filter(|r| r.is_removed_by_cleanup(now))
+        .map(|r| r.peer_id)
+        .collect();
+    if dry_run || stale.is_empty() {
+        return Ok(stale);
+    }
+    source.remove_stale(&stale, now, progress).await
+}
+
 fn join_names(names: &[SourceName]) -> String {
     names
         .iter()
@@ -610,28 +676,4 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_owned());
     format!("the source failed unexpectedly (a bug; please report it): {said}")
-}
-
-/// Dedups by `peer_id` (the copy with the newest `last_seen` wins, every holding source is
-/// listed in the order of `listings`) and ranks newest first, ties by `peer_id`.
-fn merge(listings: Vec<(SourceName, Vec<PeerRecord>)>) -> Vec<(PeerRecord, Vec<SourceName>)> {
-    let mut by_id: HashMap<String, (PeerRecord, Vec<SourceName>)> = HashMap::new();
-    for (source, records) in listings {
-        for record in records {
-            match by_id.get_mut(&record.peer_id) {
-                Some((kept, holders)) => {
-                    holders.push(source.clone());
-                    if record.last_seen > kept.last_seen {
-                        *kept = record;
-                    }
-                }
-                None => {
-                    by_id.insert(record.peer_id.clone(), (record, vec![source.clone()]));
-                }
-            }
-        }
-    }
-    let mut ranked: Vec<_> = by_id.into_values().collect();
-    ranked.sort_by(|(a, _), (b, _)| crate::peer::rank_order(a, b));
-    ranked
 }

@@ -1,6 +1,6 @@
 use super::*;
-use crate::peer::DEFAULT_TTL_SECONDS;
-use crate::source::{Listing, Stored};
+use crate::peer::{DEFAULT_TTL_SECONDS, PeerRecord};
+use crate::source::{Decide, Listing, Modified};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,19 +58,18 @@ impl Source for Stalled {
     fn name(&self) -> SourceName {
         SourceName::GITHUB
     }
-    async fn register(&self, _: PeerRecord) -> Result<Stored, SourceError> {
+    async fn modify(&self, _: &str, _: Decide) -> Result<Modified, SourceError> {
         futures::future::pending().await
     }
-    async fn update(&self, _: &str, _: &Heartbeat, _: f64) -> Result<Option<Stored>, SourceError> {
+    async fn scan(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
         futures::future::pending().await
     }
-    async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
-        futures::future::pending().await
-    }
-    async fn unregister(&self, _: &str) -> Result<bool, SourceError> {
-        futures::future::pending().await
-    }
-    async fn cleanup(&self, _: f64, _: bool, _: &Progress) -> Result<Vec<String>, SourceError> {
+    async fn remove_stale(
+        &self,
+        _: &[String],
+        _: f64,
+        _: &Progress,
+    ) -> Result<Vec<String>, SourceError> {
         futures::future::pending().await
     }
 }
@@ -232,20 +231,19 @@ impl Source for Panicking {
     fn name(&self) -> SourceName {
         SourceName::new("buggy").expect("valid")
     }
-    async fn register(&self, _: PeerRecord) -> Result<Stored, SourceError> {
-        panic!("register exploded")
+    async fn modify(&self, _: &str, _: Decide) -> Result<Modified, SourceError> {
+        panic!("modify exploded")
     }
-    async fn update(&self, _: &str, _: &Heartbeat, _: f64) -> Result<Option<Stored>, SourceError> {
-        panic!("update exploded")
+    async fn scan(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
+        panic!("scan exploded")
     }
-    async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
-        panic!("list exploded")
-    }
-    async fn unregister(&self, _: &str) -> Result<bool, SourceError> {
-        panic!("unregister exploded")
-    }
-    async fn cleanup(&self, _: f64, _: bool, _: &Progress) -> Result<Vec<String>, SourceError> {
-        panic!("cleanup exploded")
+    async fn remove_stale(
+        &self,
+        _: &[String],
+        _: f64,
+        _: &Progress,
+    ) -> Result<Vec<String>, SourceError> {
+        panic!("remove exploded")
     }
 }
 
@@ -268,7 +266,7 @@ async fn a_panicking_source_is_an_error_outcome() {
         buggy
             .detail
             .as_deref()
-            .is_some_and(|d| d.contains("register exploded")),
+            .is_some_and(|d| d.contains("modify exploded")),
         "{buggy:?}"
     );
     for _ in 0..3 {

@@ -31,8 +31,10 @@ use octocrab::service::middleware::retry::RetryConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Listing, Progress, Source, SourceError, SourceName, Stored};
-use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
+use super::{
+    Abilities, Decide, Decision, Listing, Modified, Progress, Source, SourceError, SourceName,
+};
+use crate::peer::{PeerFilter, PeerRecord};
 
 pub const LABEL_REGISTRY: &str = "peer-registry";
 pub const LABEL_ACTIVE: &str = "peer-active";
@@ -787,16 +789,16 @@ impl GitHubIssuesSource {
         Ok(())
     }
 
-    /// Creates the peer's issue, then makes sure it is the only open one: when two
-    /// processes created one at once, the higher-numbered creator closes its own as a
-    /// duplicate and writes to the lower one (issue numbers only grow, so the higher
-    /// creator always sees the lower issue).
-    async fn create(&self, record: &PeerRecord) -> Result<Stored, SourceError> {
+    /// Creates the peer's issue holding `record`, then makes sure it is the only open one:
+    /// when two processes created one at once, the higher-numbered creator closes its own
+    /// as a duplicate and writes to the lower one what `decide` makes of that issue's copy
+    /// (issue numbers only grow, so the higher creator always sees the lower issue).
+    async fn create(&self, record: PeerRecord, decide: &Decide) -> Result<Modified, SourceError> {
         self.reserve_write()?;
         let payload = json!({
             "title": format!("{TITLE_PREFIX}{}", record.peer_id),
-            "body": body_for(record)?,
-            "labels": labels_for(record),
+            "body": body_for(&record)?,
+            "labels": labels_for(&record),
         });
         let created = match self
             .send(http::Method::POST, &self.issues_path, Some(&payload), None)
@@ -823,50 +825,89 @@ impl GitHubIssuesSource {
         let newest = self.newest_issues().await?;
         let canonical = self
             .lowest_open_issue(&newest, &record.peer_id)
-            .filter(|c| c.number < created.number)
-            .unwrap_or_else(|| created.clone());
-        if canonical.number < created.number {
-            self.close_issue(&created, "duplicate").await?;
-            let existing = parse_body(canonical.body.as_deref().unwrap_or("")).ok();
-            let merged = record.clone().stored_over(existing.as_ref());
-            self.write_over(&canonical, &merged).await?;
-            lock(&self.issue_numbers).insert(record.peer_id.clone(), canonical.number);
-            return Ok(Stored {
-                record: merged,
-                created: false,
+            .filter(|c| c.number < created.number);
+        let Some(canonical) = canonical else {
+            lock(&self.issue_numbers).insert(record.peer_id.clone(), created.number);
+            return Ok(Modified {
+                before: None,
+                after: Some(record),
                 written: true,
-                location: Some(format!("issue #{}", canonical.number)),
+                location: Some(format!("issue #{}", created.number)),
             });
-        }
-        lock(&self.issue_numbers).insert(record.peer_id.clone(), created.number);
-        Ok(Stored {
-            record: record.clone(),
-            created: true,
-            written: true,
-            location: Some(format!("issue #{}", created.number)),
-        })
-    }
-    /// `register`, for a caller that holds the write lock.
-    async fn register_serialized(&self, record: PeerRecord) -> Result<Stored, SourceError> {
-        let mut record = record;
-        record.source = SOURCE.as_str().to_owned();
-        self.ensure_write_left()?;
-        match self.find_issue(&record.peer_id).await? {
-            Some(issue) => {
-                let existing = parse_body(issue.body.as_deref().unwrap_or(""))
-                    .ok()
-                    .filter(|r| r.peer_id == record.peer_id);
-                let stored = record.stored_over(existing.as_ref());
-                self.write_over(&issue, &stored).await?;
-                lock(&self.issue_numbers).insert(stored.peer_id.clone(), issue.number);
-                Ok(Stored {
-                    record: stored,
-                    created: false,
+        };
+        self.close_issue(&created, "duplicate").await?;
+        lock(&self.issue_numbers).insert(record.peer_id.clone(), canonical.number);
+        let held = self.parse_issue(&canonical).ok().flatten();
+        let location = Some(format!("issue #{}", canonical.number));
+        match decide(held.as_ref()) {
+            Decision::Write(mut merged) => {
+                merged.source = SOURCE.as_str().to_owned();
+                self.write_over(&canonical, &merged).await?;
+                Ok(Modified {
+                    before: held,
+                    after: Some(merged),
                     written: true,
-                    location: Some(format!("issue #{}", issue.number)),
+                    location,
                 })
             }
-            None => self.create(&record).await,
+            Decision::Keep | Decision::Remove => Ok(Modified {
+                after: held.clone(),
+                before: held,
+                written: true,
+                location,
+            }),
+        }
+    }
+
+    /// [`Source::modify`], for a caller that holds the write lock.
+    async fn modify_serialized(
+        &self,
+        peer_id: &str,
+        decide: &Decide,
+    ) -> Result<Modified, SourceError> {
+        // A change that writes even over nothing (a register) is refused before any
+        // request when the write budget is spent, rather than after finding the issue.
+        if matches!(decide(None), Decision::Write(_)) {
+            self.ensure_write_left()?;
+        }
+        let issue = self.find_issue(peer_id).await?;
+        // A broken body for this peer reads as no copy: a register then rewrites the issue.
+        let before = issue
+            .as_ref()
+            .and_then(|i| self.parse_issue(i).ok().flatten());
+        let location = issue.as_ref().map(|i| format!("issue #{}", i.number));
+        match (decide(before.as_ref()), issue) {
+            (Decision::Keep, _) | (Decision::Remove, None) => Ok(Modified {
+                after: before.clone(),
+                before,
+                written: false,
+                location,
+            }),
+            (Decision::Write(mut record), issue) => {
+                record.source = SOURCE.as_str().to_owned();
+                self.ensure_write_left()?;
+                let Some(issue) = issue else {
+                    return self.create(record, decide).await;
+                };
+                self.write_over(&issue, &record).await?;
+                lock(&self.issue_numbers).insert(record.peer_id.clone(), issue.number);
+                Ok(Modified {
+                    before,
+                    after: Some(record),
+                    written: true,
+                    location,
+                })
+            }
+            (Decision::Remove, Some(issue)) => {
+                self.close_issue(&issue, "not_planned").await?;
+                lock(&self.issue_numbers).remove(peer_id);
+                Ok(Modified {
+                    before,
+                    after: None,
+                    written: true,
+                    location,
+                })
+            }
         }
     }
 }
@@ -877,64 +918,34 @@ impl Source for GitHubIssuesSource {
         SOURCE
     }
 
-    async fn register(&self, record: PeerRecord) -> Result<Stored, SourceError> {
+    fn abilities(&self) -> Abilities {
+        Abilities {
+            costly_writes: true,
+            ..Abilities::default()
+        }
+    }
+
+    async fn modify(&self, peer_id: &str, decide: Decide) -> Result<Modified, SourceError> {
         let _serial = self.write_lock.lock().await;
-        let result = self.register_serialized(record).await;
-        // Any write (or a failed one that may have landed) makes the listing stale.
-        self.forget_listing();
+        let result = self.modify_serialized(peer_id, &decide).await;
+        if result.as_ref().map_or(true, |m| m.written) {
+            // A write (or a failure midway) makes the cached listing stale.
+            self.forget_listing();
+        }
         result
     }
 
-    async fn update(
-        &self,
-        peer_id: &str,
-        heartbeat: &Heartbeat,
-        now: f64,
-    ) -> Result<Option<Stored>, SourceError> {
-        let _serial = self.write_lock.lock().await;
-        let Some(issue) = self.find_issue(peer_id).await? else {
-            return Ok(None);
-        };
-        let Some(mut existing) = self.parse_issue(&issue).ok().flatten() else {
-            // A broken body for this peer: report it as not held, so the coordinator
-            // registers the peer again, which rewrites this issue.
-            return Ok(None);
-        };
-        existing.source = SOURCE.as_str().to_owned();
-        let lease_half_used = now - existing.last_seen >= existing.ttl_seconds as f64 / 2.0;
-        if !heartbeat.changes_fields_of(&existing) && !lease_half_used {
-            // Coalesced: the remote copy still has more than half its lease left.
-            return Ok(Some(Stored {
-                record: existing,
-                created: false,
-                written: false,
-                location: Some(format!("issue #{}", issue.number)),
-            }));
-        }
-        let updated = heartbeat.apply(&existing, now);
-        let written = self.write_over(&issue, &updated).await;
-        self.forget_listing();
-        written?;
-        Ok(Some(Stored {
-            record: updated,
-            created: false,
-            written: true,
-            location: Some(format!("issue #{}", issue.number)),
-        }))
-    }
-
-    async fn list(&self, filter: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError> {
-        let (mut peers, rejected) = if let Some(cached) = self.fresh_listing() {
+    async fn scan(&self, hint: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError> {
+        let (peers, rejected) = if let Some(cached) = self.fresh_listing() {
             (cached.peers, cached.rejected)
-        } else if filter.capabilities.is_empty() {
+        } else if hint.capabilities.is_empty() {
             let (_, parsed) = self.full_listing(progress).await?;
             (parsed.peers, parsed.rejected)
         } else {
             // Push the capability filter into the query: fewer pages to read.
             let mut labels = vec![LABEL_REGISTRY.to_owned()];
             labels.extend(
-                filter
-                    .capabilities
+                hint.capabilities
                     .iter()
                     .map(|c| format!("{CAPABILITY_LABEL_PREFIX}{c}")),
             );
@@ -942,58 +953,49 @@ impl Source for GitHubIssuesSource {
             let parsed = self.parse_all(&issues);
             (parsed.peers, parsed.rejected)
         };
-        // Two open issues for one peer (written by someone else): keep the newest copy.
-        peers.sort_by(|(_, a), (_, b)| {
-            a.peer_id
-                .cmp(&b.peer_id)
-                .then(b.last_seen.total_cmp(&a.last_seen))
-        });
-        peers.dedup_by(|(_, later), (_, kept)| later.peer_id == kept.peer_id);
-        let matching: Vec<PeerRecord> = peers
-            .into_iter()
-            .map(|(_, r)| r)
-            .filter(|r| filter.matches(r))
-            .collect();
+        // Two open issues for one peer (written by someone else): the newest copy wins.
+        let mut by_peer: HashMap<String, PeerRecord> = HashMap::new();
+        for (_, record) in peers {
+            match by_peer.get_mut(&record.peer_id) {
+                Some(kept) => {
+                    if std::ptr::eq(crate::peer::newest(kept, &record), &record) {
+                        *kept = record;
+                    }
+                }
+                None => {
+                    by_peer.insert(record.peer_id.clone(), record);
+                }
+            }
+        }
+        let matching: Vec<PeerRecord> = by_peer.into_values().filter(|r| hint.matches(r)).collect();
         Ok(Listing {
             matched: matching.len(),
-            peers: crate::peer::top_ranked(matching.iter(), filter.limit),
+            peers: crate::peer::top_ranked(matching.iter(), hint.limit),
             rejected,
         })
     }
 
-    async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError> {
-        let _serial = self.write_lock.lock().await;
-        let Some(issue) = self.find_issue(peer_id).await? else {
-            return Ok(false);
-        };
-        let closed = self.close_issue(&issue, "not_planned").await;
-        self.forget_listing();
-        closed?;
-        lock(&self.issue_numbers).remove(peer_id);
-        Ok(true)
-    }
-
-    async fn cleanup(
+    async fn remove_stale(
         &self,
+        peer_ids: &[String],
         now: f64,
-        dry_run: bool,
         progress: &Progress,
     ) -> Result<Vec<String>, SourceError> {
         let _serial = self.write_lock.lock().await;
         let (issues, parsed) = self.full_listing(progress).await?;
         let by_number: HashMap<u64, &RemoteIssue> = issues.iter().map(|i| (i.number, i)).collect();
-        let expired: Vec<(u64, String)> = parsed
+        let stale: Vec<(u64, String)> = parsed
             .peers
             .iter()
-            .filter(|(_, r)| r.is_expired(now))
+            .filter(|(_, r)| peer_ids.contains(&r.peer_id) && r.is_removed_by_cleanup(now))
             .map(|(n, r)| (*n, r.peer_id.clone()))
             .collect();
-        if dry_run || expired.is_empty() {
-            return Ok(expired.into_iter().map(|(_, id)| id).collect());
+        if stale.is_empty() {
+            return Ok(Vec::new());
         }
-        let total = expired.len() as u64;
+        let total = stale.len() as u64;
         let mut removed = Vec::new();
-        for (done, (number, peer_id)) in expired.into_iter().enumerate() {
+        for (done, (number, peer_id)) in stale.into_iter().enumerate() {
             let Some(issue) = by_number.get(&number) else {
                 continue;
             };
@@ -1020,13 +1022,13 @@ impl Source for GitHubIssuesSource {
         Ok(removed)
     }
 
-    fn evict_expired_cache(&self, now: f64) -> usize {
+    fn evict_stale_cache(&self, now: f64) -> usize {
         let mut listing = lock(&self.listing);
         let Some(cached) = listing.as_mut() else {
             return 0;
         };
         let before = cached.peers.len();
-        cached.peers.retain(|(_, r)| !r.is_expired(now));
+        cached.peers.retain(|(_, r)| !r.is_removed_by_cleanup(now));
         before - cached.peers.len()
     }
 

@@ -11,8 +11,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Listing, Progress, Source, SourceError, SourceName, Stored};
-use crate::peer::{Heartbeat, PeerFilter, PeerRecord, top_ranked};
+use super::{Decide, Decision, Listing, Modified, Progress, Source, SourceError, SourceName};
+use crate::peer::{PeerFilter, PeerRecord, top_ranked};
 
 /// Records in memory, one per peer id.
 pub struct MemorySource {
@@ -55,41 +55,27 @@ impl Source for MemorySource {
         self.name.clone()
     }
 
-    async fn register(&self, record: PeerRecord) -> Result<Stored, SourceError> {
+    async fn modify(&self, peer_id: &str, decide: Decide) -> Result<Modified, SourceError> {
         let mut records = crate::lock(&self.records);
-        let held = records.get(&record.peer_id);
-        let created = held.is_none();
-        let new = self.stamped(record.stored_over(held));
-        records.insert(new.peer_id.clone(), new.clone());
-        Ok(Stored {
-            record: new,
-            created,
-            written: true,
+        let before = records.get(peer_id).cloned();
+        let (after, written) = match decide(before.as_ref()) {
+            Decision::Write(record) => {
+                let record = self.stamped(record);
+                records.insert(peer_id.to_owned(), record.clone());
+                (Some(record), true)
+            }
+            Decision::Keep => (before.clone(), false),
+            Decision::Remove => (None, records.remove(peer_id).is_some()),
+        };
+        Ok(Modified {
+            before,
+            after,
+            written,
             location: None,
         })
     }
 
-    async fn update(
-        &self,
-        peer_id: &str,
-        heartbeat: &Heartbeat,
-        now: f64,
-    ) -> Result<Option<Stored>, SourceError> {
-        let mut records = crate::lock(&self.records);
-        let Some(held) = records.get(peer_id) else {
-            return Ok(None);
-        };
-        let new = self.stamped(heartbeat.apply(held, now));
-        records.insert(new.peer_id.clone(), new.clone());
-        Ok(Some(Stored {
-            record: new,
-            created: false,
-            written: true,
-            location: None,
-        }))
-    }
-
-    async fn list(&self, filter: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
+    async fn scan(&self, filter: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
         let records = crate::lock(&self.records);
         let matching: Vec<&PeerRecord> = records.values().filter(|r| filter.matches(r)).collect();
         let rejected = records
@@ -103,27 +89,23 @@ impl Source for MemorySource {
         })
     }
 
-    async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError> {
-        Ok(crate::lock(&self.records).remove(peer_id).is_some())
-    }
-
-    async fn cleanup(
+    async fn remove_stale(
         &self,
+        peer_ids: &[String],
         now: f64,
-        dry_run: bool,
         _: &Progress,
     ) -> Result<Vec<String>, SourceError> {
         let mut records = crate::lock(&self.records);
-        let gone: Vec<String> = records
-            .values()
-            .filter(|r| r.is_removed_by_cleanup(now))
-            .map(|r| r.peer_id.clone())
-            .collect();
-        if !dry_run {
-            for id in &gone {
+        let mut removed = Vec::new();
+        for id in peer_ids {
+            if records
+                .get(id)
+                .is_some_and(|r| r.is_removed_by_cleanup(now))
+            {
                 records.remove(id);
+                removed.push(id.clone());
             }
         }
-        Ok(gone)
+        Ok(removed)
     }
 }

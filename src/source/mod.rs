@@ -1,40 +1,30 @@
-//! Registries ("sources"): where peer records live, behind one small trait.
+//! Sources: where peer records live, behind one small storage-shaped trait ([`Source`]).
 //!
-//! A registry only stores and reads records. Policy (validation, what a register keeps,
-//! what a heartbeat changes, expiry) lives in [`crate::peer`]; fan-out, merge and ranking
-//! live in [`crate::coordinator`]. A registry calls those rules inside its own atomic
+//! A source only stores and reads records. Policy (validation, what a register keeps,
+//! what a heartbeat changes, expiry, newest-wins, ranking, write coalescing) lives in
+//! [`crate::peer`] and [`crate::coordinator::policy`]; fan-out and merge live in
+//! [`crate::coordinator`]. A source runs the closure it is handed inside its own atomic
 //! section, so that two writers never lose each other's changes.
+//!
+//! One module a source: [`local_file`], [`github`], [`memory`] (for tests and embedding);
+//! [`name`] holds the one list of the built-in sources.
 
 pub mod github;
 pub mod local_file;
 pub mod memory;
-mod name;
+pub mod name;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
+use crate::peer::{PeerFilter, PeerRecord};
 
 pub use github::GitHubIssuesSource;
 pub use local_file::LocalFileSource;
 pub use memory::MemorySource;
 pub use name::{BUILT_IN, BuiltIn, SourceName};
-
-/// What a source did with one record it was asked to store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    /// The copy as the source now holds it (`source` set to the source's name).
-    pub record: PeerRecord,
-    /// True when the source held no copy of this peer before.
-    pub created: bool,
-    /// False when the source decided the write was not needed (the held copy was still
-    /// fresh enough); the record is then the held copy.
-    pub written: bool,
-    /// Where the source keeps the record, in its own terms (`issue #12`), if it can say.
-    pub location: Option<String>,
-}
 
 /// The records a source holds that match a filter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -215,46 +205,95 @@ tokio::task_local! {
     static CURRENT_COMMITMENT: Arc<Commitment>;
 }
 
-/// A registry of peer records. Every method is one atomic step with respect to other
-/// writers of the same registry, including other processes.
+/// What a source can do, so the coordinator can adapt to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Abilities {
+    /// Records leave by themselves when their lease ends (an etcd lease): cleanup has
+    /// nothing to remove there and does not ask.
+    pub expires_by_itself: bool,
+    /// Each write costs quota or time (GitHub's content limits): the coordinator coalesces
+    /// heartbeats to it ([`crate::coordinator::policy::heartbeat_can_wait`]).
+    pub costly_writes: bool,
+    /// It can tell about changes made by others as they happen.
+    pub watches: bool,
+}
+
+/// What to do with the copy a source holds of one peer, decided by the coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Store this record as the peer's copy (the source sets `source` to its name).
+    Write(PeerRecord),
+    /// Leave the held copy (or the absence of one) as it is.
+    Keep,
+    /// Remove the held copy.
+    Remove,
+}
+
+/// The coordinator's rule for one change: given the copy the source holds (or none),
+/// what to do. It may be asked more than once in one step (a source that finds the copy
+/// it should have written over only after writing, as GitHub's create race does); each
+/// answer is for the copy it is given. Built from [`crate::peer`]'s rules by [`crate::coordinator::policy`].
+pub type Decide = Box<dyn Fn(Option<&PeerRecord>) -> Decision + Send + Sync>;
+
+/// What [`Source::modify`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Modified {
+    /// The copy the source held before (`None`: it held none it could read).
+    pub before: Option<PeerRecord>,
+    /// The copy it holds now (`None`: it holds none).
+    pub after: Option<PeerRecord>,
+    /// False when nothing was written ([`Decision::Keep`]).
+    pub written: bool,
+    /// Where the source keeps the record, in its own terms (`issue #12`), if it can say.
+    pub location: Option<String>,
+}
+
+/// Where peer records are stored: a plug-in of the coordinator. A source stores and
+/// reads; it applies no rule of its own (what a register keeps, what a heartbeat changes,
+/// when a lease ends, which copy wins, how peers rank): those come from [`crate::peer`]
+/// and [`crate::coordinator::policy`], as closures and filters it is handed.
+///
+/// Every method is one atomic step with respect to other writers of the same store,
+/// including other processes. Together with [`crate::coordinator::Coordinator::new`],
+/// this trait is the crate's extension API; `docs/architecture.md` has the checklist for
+/// adding a source, and `tests/source_contract.rs` the promises every source keeps.
 #[async_trait]
 pub trait Source: Send + Sync {
     /// The name this source reports in outcomes and in each record's `source`.
     fn name(&self) -> SourceName;
 
-    /// Stores `record` as the peer's current announcement: creates it, or replaces the held
-    /// copy through [`PeerRecord::stored_over`] (so `first_seen` and unknown fields of the
-    /// held copy survive).
-    async fn register(&self, record: PeerRecord) -> Result<Stored, SourceError>;
+    /// What this source can do; the default is a plain store.
+    fn abilities(&self) -> Abilities {
+        Abilities::default()
+    }
 
-    /// Applies a heartbeat at `now` to the held copy of `peer_id`.
-    /// `Ok(None)` when this source holds no copy of the peer.
-    async fn update(
+    /// Reads the held copy of `peer_id` (`None` when there is none, or none that keeps
+    /// the format's rules), asks `decide` what to do with it, and does it, as one step:
+    /// no other writer changes the peer in between. A [`Decision::Write`]'s record is
+    /// stored with `source` set to this source's name, and returned as `after` that way.
+    async fn modify(&self, peer_id: &str, decide: Decide) -> Result<Modified, SourceError>;
+
+    /// The valid records that `hint` admits ([`PeerFilter::admits`]), one per peer (the
+    /// newest copy, [`crate::peer::newest`], where the store holds several): all of them, or
+    /// at least the best `hint.limit` by [`crate::peer::rank_order`] when a limit is set
+    /// ([`crate::peer::top_ranked`] picks them). The hint is advisory: the coordinator
+    /// checks every record again. Records that break a rule of the format are counted in
+    /// `rejected`, never returned.
+    async fn scan(&self, hint: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError>;
+
+    /// Removes those of `peer_ids` that cleanup at `now` still removes
+    /// ([`PeerRecord::is_removed_by_cleanup`]), checked as one step with the removal, so a
+    /// peer that heartbeated since the scan stays. Returns the ids removed.
+    async fn remove_stale(
         &self,
-        peer_id: &str,
-        heartbeat: &Heartbeat,
+        peer_ids: &[String],
         now: f64,
-    ) -> Result<Option<Stored>, SourceError>;
-
-    /// The valid records that match `filter`, one per peer: all of them, or only the best
-    /// `filter.limit` by [`crate::peer::rank_order`] when a limit is set.
-    async fn list(&self, filter: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError>;
-
-    /// Removes the peer. `Ok(false)` when this source held no copy of it.
-    async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError>;
-
-    /// Removes every record expired at `now`, or with `dry_run` only says which would go.
-    /// Returns the removed peer ids.
-    async fn cleanup(
-        &self,
-        now: f64,
-        dry_run: bool,
         progress: &Progress,
     ) -> Result<Vec<String>, SourceError>;
 
-    /// Drops records expired at `now` from any in-memory cache the source keeps, and says
-    /// how many went.
-    fn evict_expired_cache(&self, _now: f64) -> usize {
+    /// Drops records that cleanup at `now` removes from any in-memory cache the source
+    /// keeps (not from the store), and says how many went.
+    fn evict_stale_cache(&self, _now: f64) -> usize {
         0
     }
 

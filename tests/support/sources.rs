@@ -2,8 +2,10 @@
 //! (The in-memory source is `peer_discovery_mcp::source::MemorySource`.)
 
 use async_trait::async_trait;
-use peer_discovery_mcp::peer::{Heartbeat, PeerFilter, PeerRecord};
-use peer_discovery_mcp::source::{Listing, Progress, Source, SourceError, SourceName, Stored};
+use peer_discovery_mcp::peer::PeerFilter;
+use peer_discovery_mcp::source::{
+    Decide, Listing, Modified, Progress, Source, SourceError, SourceName,
+};
 
 /// A source whose every call fails with the same error.
 pub struct FailingSource {
@@ -25,19 +27,18 @@ impl Source for FailingSource {
     fn name(&self) -> SourceName {
         self.name.clone()
     }
-    async fn register(&self, _: PeerRecord) -> Result<Stored, SourceError> {
+    async fn modify(&self, _: &str, _: Decide) -> Result<Modified, SourceError> {
         Err(self.error.clone())
     }
-    async fn update(&self, _: &str, _: &Heartbeat, _: f64) -> Result<Option<Stored>, SourceError> {
+    async fn scan(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
         Err(self.error.clone())
     }
-    async fn list(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
-        Err(self.error.clone())
-    }
-    async fn unregister(&self, _: &str) -> Result<bool, SourceError> {
-        Err(self.error.clone())
-    }
-    async fn cleanup(&self, _: f64, _: bool, _: &Progress) -> Result<Vec<String>, SourceError> {
+    async fn remove_stale(
+        &self,
+        _: &[String],
+        _: f64,
+        _: &Progress,
+    ) -> Result<Vec<String>, SourceError> {
         Err(self.error.clone())
     }
 }

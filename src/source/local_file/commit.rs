@@ -339,8 +339,8 @@ mod tests {
         let heartbeat = Heartbeat::new("known", None, None, None, None).expect("valid");
         let (stored, updated, missing) = tokio::join!(
             futures::future::join_all(registers),
-            reg.update("known", &heartbeat, 5.0),
-            reg.update("nobody", &heartbeat, 5.0),
+            reg.heartbeat("known", &heartbeat, 5.0),
+            reg.heartbeat("nobody", &heartbeat, 5.0),
         );
         let writes = reg.inner.writes.load(std::sync::atomic::Ordering::Relaxed) - writes_before;
         assert!(
@@ -349,13 +349,10 @@ mod tests {
         );
         for (i, s) in stored.into_iter().enumerate() {
             let s = s.expect("register");
-            assert!(s.created);
-            assert_eq!(s.record.peer_id, format!("p{i:02}"));
+            assert!(s.before.is_none(), "created");
+            assert_eq!(s.after.expect("stored").peer_id, format!("p{i:02}"));
         }
-        assert_eq!(
-            updated.expect("update").expect("known").record.last_seen,
-            5.0
-        );
+        assert_eq!(updated.expect("update").expect("known").last_seen, 5.0);
         assert!(missing.expect("update").is_none());
         let json = read_json(&path);
         assert_eq!(json["peers"].as_object().expect("peers").len(), 31);

@@ -43,8 +43,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Commitment, Listing, Progress, Source, SourceError, SourceName, Stored};
-use crate::peer::{Heartbeat, PeerFilter, PeerRecord};
+use super::{
+    Commitment, Decide, Decision, Listing, Modified, Progress, Source, SourceError, SourceName,
+};
+use crate::peer::PeerFilter;
 use commit::WriteQueue;
 use disk::{Snapshot, resolve_symlinks};
 #[doc(hidden)]
@@ -212,15 +214,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn stored(record: &PeerRecord, created: bool) -> Stored {
-    Stored {
-        record: record.clone(),
-        created,
-        written: true,
-        location: None,
-    }
-}
-
 const SOURCE: SourceName = SourceName::LOCAL_FILE;
 
 #[async_trait]
@@ -229,48 +222,35 @@ impl Source for LocalFileSource {
         SOURCE
     }
 
-    async fn register(&self, record: PeerRecord) -> Result<Stored, SourceError> {
-        self.commit(move |inner, file| {
-            let existing = file.peers.record(&record.peer_id);
-            let created = existing.is_none();
-            let mut new = record.stored_over(existing.as_ref());
-            new.source = SOURCE.as_str().to_owned();
-            file.peers
-                .upsert(&new)
-                .map_err(|e| inner.encoding_error(e))?;
-            Ok((stored(&new, created), true))
-        })
-        .await
-    }
-
-    async fn update(
-        &self,
-        peer_id: &str,
-        heartbeat: &Heartbeat,
-        now: f64,
-    ) -> Result<Option<Stored>, SourceError> {
+    async fn modify(&self, peer_id: &str, decide: Decide) -> Result<Modified, SourceError> {
         let peer_id = peer_id.to_owned();
-        let heartbeat = heartbeat.clone();
         self.commit(move |inner, file| {
-            let Some(existing) = file.peers.record(&peer_id) else {
-                return Ok((None, false));
+            let before = file.peers.record(&peer_id);
+            let (after, written) = match decide(before.as_ref()) {
+                Decision::Write(mut new) => {
+                    new.source = SOURCE.as_str().to_owned();
+                    file.peers
+                        .upsert(&new)
+                        .map_err(|e| inner.encoding_error(e))?;
+                    (Some(new), true)
+                }
+                Decision::Keep => (before.clone(), false),
+                // Also drops a value of this id that does not keep the format's rules.
+                Decision::Remove => (None, file.peers.remove(&peer_id)),
             };
-            let mut new = heartbeat.apply(&existing, now);
-            new.source = SOURCE.as_str().to_owned();
-            file.peers
-                .upsert(&new)
-                .map_err(|e| inner.encoding_error(e))?;
-            Ok((Some(stored(&new, false)), true))
+            let modified = Modified {
+                before,
+                after,
+                written,
+                location: None,
+            };
+            Ok((modified, written))
         })
         .await
     }
 
-    async fn list(
-        &self,
-        filter: &PeerFilter,
-        _progress: &Progress,
-    ) -> Result<Listing, SourceError> {
-        let filter = filter.clone();
+    async fn scan(&self, hint: &PeerFilter, _progress: &Progress) -> Result<Listing, SourceError> {
+        let filter = hint.clone();
         self.blocking(move |inner| {
             let file = inner.read()?;
             let (peers, matched) = file.peers.matching(&filter);
@@ -283,28 +263,15 @@ impl Source for LocalFileSource {
         .await
     }
 
-    async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError> {
-        let peer_id = peer_id.to_owned();
-        self.commit(move |_, file| {
-            let removed = file.peers.serves(&peer_id) && file.peers.remove(&peer_id);
-            Ok((removed, removed))
-        })
-        .await
-    }
-
-    async fn cleanup(
+    async fn remove_stale(
         &self,
+        peer_ids: &[String],
         now: f64,
-        dry_run: bool,
         _progress: &Progress,
     ) -> Result<Vec<String>, SourceError> {
-        if dry_run {
-            return self
-                .blocking(move |inner| Ok(inner.read()?.peers.expired(now)))
-                .await;
-        }
+        let peer_ids = peer_ids.to_vec();
         self.commit(move |_, file| {
-            let removed = file.peers.remove_expired(now);
+            let removed = file.peers.remove_stale(&peer_ids, now);
             if !removed.is_empty() {
                 file.set_last_cleanup(now);
             }
@@ -329,7 +296,8 @@ impl Source for LocalFileSource {
 #[cfg(test)]
 mod test_support {
     use super::*;
-    use crate::peer::{Announcement, DEFAULT_TTL_SECONDS};
+    pub(super) use crate::coordinator::Direct;
+    use crate::peer::{Announcement, DEFAULT_TTL_SECONDS, PeerRecord};
     use serde_json::Value;
 
     pub(super) fn record(peer_id: &str, caps: &[&str], ttl: i64, now: f64) -> PeerRecord {
@@ -352,7 +320,7 @@ mod test_support {
 
     impl LocalFileSource {
         pub(super) async fn list_all(&self, filter: &PeerFilter) -> Result<Listing, SourceError> {
-            self.list(filter, &Progress::default()).await
+            Direct::list(self, filter).await
         }
     }
 
@@ -378,16 +346,14 @@ mod tests {
             .register(record("a", &["storage"], 60, 100.0))
             .await
             .expect("register");
-        assert!(first.created);
+        assert!(first.before.is_none(), "created");
         let again = reg
             .register(record("a", &["compute"], 60, 200.0))
             .await
             .expect("register");
-        assert!(!again.created);
-        assert_eq!(
-            (again.record.first_seen, again.record.last_seen),
-            (100.0, 200.0)
-        );
+        assert!(again.before.is_some(), "refreshed");
+        let again = again.after.expect("stored");
+        assert_eq!((again.first_seen, again.last_seen), (100.0, 200.0));
 
         let json = read_json(&path);
         let rec = json["peers"]["a"].as_object().expect("record");
@@ -475,26 +441,14 @@ mod tests {
         reg.register(record("long", &[], 1000, 0.0))
             .await
             .expect("register");
-        assert_eq!(
-            reg.cleanup(20.0, true, &Progress::default())
-                .await
-                .expect("dry"),
-            vec!["short"]
-        );
+        assert_eq!(reg.cleanup(20.0, true).await.expect("dry"), vec!["short"]);
         assert_eq!(reg.list_all(&all(20.0)).await.expect("list").peers.len(), 2);
         assert_eq!(
-            reg.cleanup(20.0, false, &Progress::default())
-                .await
-                .expect("cleanup"),
+            reg.cleanup(20.0, false).await.expect("cleanup"),
             vec!["short"]
         );
         assert_eq!(reg.list_all(&all(20.0)).await.expect("list").peers.len(), 1);
-        assert!(
-            reg.cleanup(20.0, false, &Progress::default())
-                .await
-                .expect("again")
-                .is_empty()
-        );
+        assert!(reg.cleanup(20.0, false).await.expect("again").is_empty());
     }
 
     /// Update of a peer the file does not hold reports None and writes nothing.
@@ -505,7 +459,7 @@ mod tests {
         let reg = LocalFileSource::open(&path).expect("open");
         let beat = Heartbeat::default();
         assert!(
-            reg.update("ghost", &beat, 1.0)
+            reg.heartbeat("ghost", &beat, 1.0)
                 .await
                 .expect("update")
                 .is_none()

@@ -237,11 +237,6 @@ impl PeerTable {
         slot.served.then(|| self.parse(slot)).flatten()
     }
 
-    /// Whether `peer_id` has a record this table serves.
-    pub(super) fn serves(&self, peer_id: &str) -> bool {
-        self.find(peer_id).is_ok_and(|i| self.slots[i].served)
-    }
-
     /// Stores `record` in place of any value of its peer (serialized now, so that a write
     /// only copies text). On error the table is unchanged.
     pub(super) fn upsert(&mut self, record: &PeerRecord) -> Result<(), serde_json::Error> {
@@ -271,14 +266,17 @@ impl PeerTable {
         true
     }
 
-    /// Removes every served record whose lease has ended at `now`, in one pass over the
-    /// slots (removing them one by one would move the slots after each); their ids.
-    pub(super) fn remove_expired(&mut self, now: f64) -> Vec<String> {
+    /// Removes those of `peer_ids` whose served record cleanup at `now` removes, in one
+    /// pass over the slots (removing them one by one would move the slots after each);
+    /// their ids.
+    pub(super) fn remove_stale(&mut self, peer_ids: &[String], now: f64) -> Vec<String> {
+        let asked: std::collections::HashSet<&[u8]> =
+            peer_ids.iter().map(|id| id.as_bytes()).collect();
         let mut removed = Vec::new();
         let mut dropped = Vec::new();
         let arena = &self.arena;
         self.slots.retain(|slot| {
-            let expired = slot.expired_at(now);
+            let expired = slot.expired_at(now) && asked.contains(&arena[slot.key_range()]);
             if expired {
                 removed.push(slot.id(arena));
                 dropped.push(*slot);
@@ -362,15 +360,6 @@ impl PeerTable {
             .filter_map(|slot| self.parse(slot))
             .collect();
         (records, matched)
-    }
-
-    /// The peer ids of served records whose lease has ended at `now`.
-    pub(super) fn expired(&self, now: f64) -> Vec<String> {
-        self.slots
-            .iter()
-            .filter(|slot| slot.expired_at(now))
-            .map(|slot| slot.id(&self.arena))
-            .collect()
     }
 
     /// The record behind a served slot. Its text passed every rule when it was stored, so
@@ -469,6 +458,7 @@ mod tests {
             include_expired: false,
             now,
             limit,
+            stale_only: false,
         }
     }
 
@@ -543,7 +533,7 @@ mod tests {
         }
         assert!(table.remove("c"));
         assert!(!table.remove("c"));
-        assert!(!table.serves("c"));
+        assert!(table.record("c").is_none());
         let (found, matched) = table.matching(&filter(&["storage"], 0.0, Some(2)));
         let ids: Vec<_> = found.iter().map(|r| r.peer_id.as_str()).collect();
         assert_eq!((ids, matched), (vec!["b", "a"], 3));
@@ -555,7 +545,11 @@ mod tests {
         let ids: Vec<_> = found.iter().map(|r| r.peer_id.as_str()).collect();
         assert_eq!(ids, vec!["b", "ba", "a"]);
         // Leases of 100 s: at 102 `d` (seen at 1) has expired, the others not yet.
-        assert_eq!(table.expired(102.0), vec!["d".to_owned()]);
+        let stale = table.matching(&PeerFilter::stale(102.0)).0;
+        assert_eq!(
+            stale.iter().map(|r| r.peer_id.as_str()).collect::<Vec<_>>(),
+            ["d"]
+        );
         assert_eq!(table.matching(&filter(&["gpu"], 0.0, None)).1, 0);
     }
 
@@ -577,7 +571,11 @@ mod tests {
         let (found, matched) = table.matching(&filter(&["compute"], 1000.0, Some(1)));
         assert_eq!((found[0].peer_id.as_str(), matched), ("skewed", 2));
         assert_eq!(table.ahead_of_clock_count(1000.0), 1);
-        assert_eq!(table.remove_expired(1000.0), vec!["hijack".to_owned()]);
+        let every: Vec<String> = ["honest", "hijack", "skewed"].map(String::from).to_vec();
+        assert_eq!(
+            table.remove_stale(&every, 1000.0),
+            vec!["hijack".to_owned()]
+        );
         assert_eq!(table.ahead_of_clock_count(1000.0), 0);
     }
 
@@ -623,7 +621,6 @@ mod tests {
             }
             for (k, (_, r)) in model {
                 assert_eq!(table.record(k).as_ref(), r.as_ref());
-                assert_eq!(table.serves(k), r.is_some());
             }
             let live: usize = table.slots.iter().map(|s| s.len()).sum();
             assert_eq!(
@@ -675,7 +672,10 @@ mod tests {
                     3 => {
                         // Leases are 100 s from last_seen in 0..100.
                         let now = 100.0 + (rng.next() % 100) as f64;
-                        let mut removed = table.remove_expired(now);
+                        // Asked for every id the model knows and one it does not.
+                        let mut asked: Vec<String> = model.keys().cloned().collect();
+                        asked.push("nobody".into());
+                        let mut removed = table.remove_stale(&asked, now);
                         removed.sort();
                         let expired: Vec<String> = model
                             .iter()
