@@ -102,7 +102,7 @@ pub struct Options {
         value_name = "URL",
         global = true,
         default_value = "https://api.github.com",
-        value_parser = parse_api_url
+        value_parser = ApiUrlParser
     )]
     pub github_api_url: String,
 
@@ -140,13 +140,58 @@ pub struct Options {
     pub github_cache_seconds: u64,
 }
 
+/// Parses `--github-api-url`. Its errors are built by hand (`clap::Error::raw`) because
+/// clap's own would quote the value, and a URL with userinfo holds a secret.
+#[derive(Debug, Clone, Copy)]
+struct ApiUrlParser;
+
+impl clap::builder::TypedValueParser for ApiUrlParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                "--github-api-url is not valid UTF-8\n",
+            )
+        })?;
+        parse_api_url(text).map_err(|e| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+        })
+    }
+}
+
+/// An http(s) URL with a host and no userinfo. A URL with `user:password@` is refused
+/// without being echoed: the token belongs in GITHUB_TOKEN, and a URL is shown in
+/// errors, `registry_status` and logs.
 fn parse_api_url(text: &str) -> Result<String, String> {
+    let authority_end = text
+        .find("://")
+        .map(|scheme| {
+            let rest = &text[scheme + 3..];
+            scheme + 3 + rest.find(['/', '?', '#']).unwrap_or(rest.len())
+        })
+        .unwrap_or(text.len());
+    if text[..authority_end].contains('@') {
+        return Err(
+            "--github-api-url must not hold a user name or password (`user:secret@host`); \
+put the token in GITHUB_TOKEN instead (the URL was not echoed)"
+                .to_owned(),
+        );
+    }
     let uri: http::Uri = text
         .parse()
-        .map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+        .map_err(|e| format!("--github-api-url `{text}` is not a URL ({e})"))?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(_)) => Ok(text.trim_end_matches('/').to_owned()),
-        _ => Err(format!("`{text}` is not an http(s) URL with a host")),
+        _ => Err(format!(
+            "--github-api-url `{text}` is not an http(s) URL with a host"
+        )),
     }
 }
 
@@ -193,4 +238,29 @@ pub fn github_token_from_env() -> Option<String> {
         .filter_map(|name| std::env::var(name).ok())
         .map(|token| token.trim().to_owned())
         .find(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// API URLs with userinfo are refused without echoing any of it; plain ones pass.
+    #[test]
+    fn api_urls_with_userinfo_are_refused_unechoed() {
+        for url in [
+            "https://user:s3cr3t@github.example/api/v3",
+            "https://s3cr3t@github.example",
+            "http://x:s3cr3t@127.0.0.1:8080/",
+        ] {
+            let error = parse_api_url(url).expect_err(url);
+            assert!(!error.contains("s3cr3t"), "{error}");
+            assert!(error.contains("GITHUB_TOKEN"), "{error}");
+        }
+        assert_eq!(
+            parse_api_url("https://github.example/api/v3/").as_deref(),
+            Ok("https://github.example/api/v3")
+        );
+        assert!(parse_api_url("https://github.example/a@b").is_ok());
+        assert!(parse_api_url("ftp://x").is_err());
+    }
 }

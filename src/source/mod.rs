@@ -74,6 +74,9 @@ pub struct Listing {
     pub matched: usize,
     /// Records found but skipped because they break a rule of the format.
     pub rejected: usize,
+    /// Something the caller should hear about this listing (for example that it was
+    /// served from a cache while a refresh is under way); for the source's outcome.
+    pub detail: Option<String>,
 }
 
 /// Where a source reports progress of long work (many pages, many closes). Cheap to

@@ -278,6 +278,7 @@ impl Source for LocalFileSource {
                 peers,
                 matched,
                 rejected: file.peers.unusable_count() + file.peers.ahead_of_clock_count(filter.now),
+                detail: None,
             })
         })
         .await
