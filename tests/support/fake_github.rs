@@ -1076,12 +1076,24 @@ async fn process(fake: Fake, request: Request, next: Next) -> Response {
                     .and_then(|(_, v)| v.parse::<u64>().ok())
                     .unwrap_or(1);
                 link_header(&url, &params, page, u64::MAX)
-                    .and_then(|l| l.split(", ").find(|p| p.ends_with("rel=\"next\"")).map(str::to_owned))
-                    .map(|next| next.trim_start_matches('<').split('>').next().unwrap_or("").to_owned())
+                    .and_then(|l| {
+                        l.split(", ")
+                            .find(|p| p.ends_with("rel=\"next\""))
+                            .map(str::to_owned)
+                    })
+                    .map(|next| {
+                        next.trim_start_matches('<')
+                            .split('>')
+                            .next()
+                            .unwrap_or("")
+                            .to_owned()
+                    })
             }
             _ => None,
         };
-        if let Some(value) = link.and_then(|l| HeaderValue::from_str(&format!("<{l}>; rel=\"next\"")).ok()) {
+        if let Some(value) =
+            link.and_then(|l| HeaderValue::from_str(&format!("<{l}>; rel=\"next\"")).ok())
+        {
             response.headers_mut().insert(LINK, value);
         }
     }
