@@ -784,3 +784,51 @@ async fn octocrab_in_memory_cache_revalidates() {
     let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 304, 201, 200]);
 }
+
+/// The hostile faults do what they say: a `Link` back to the requested URL, `Link`s to
+/// one more page past the last, and a 200 body that goes on past any cap.
+#[tokio::test]
+async fn hostile_faults_loop_and_never_end() {
+    use http_body_util::BodyExt;
+
+    let fake = FakeGitHub::start().await;
+    fake.seed_issue(SeedIssue::new("Peer: a", "{}", &["peer-registry"]));
+    let gh = client(&fake);
+    let route = format!("{ISSUES}?state=open&per_page=100");
+
+    fake.inject(Fault::link_to_self().method("GET"));
+    let response = gh._get(route.as_str()).await.expect("answer");
+    let link = response.headers()[LINK].to_str().expect("link").to_owned();
+    assert_eq!(link, format!("<{}{route}>; rel=\"next\"", fake.base_url()));
+
+    fake.inject(Fault::endless_next_links().method("GET"));
+    let page_7 = format!("{route}&page=7");
+    let response = gh._get(page_7.as_str()).await.expect("answer");
+    let link = response.headers()[LINK].to_str().expect("link").to_owned();
+    assert!(
+        link.contains("page=8") && link.ends_with("rel=\"next\""),
+        "{link}"
+    );
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(
+        body.as_ref(),
+        b"[]",
+        "past the last page the pages are empty"
+    );
+
+    fake.inject(Fault::endless_body().method("GET"));
+    let response = gh._get(route.as_str()).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut read = 0usize;
+    while read <= 16 << 20 {
+        let frame = body.frame().await.expect("more").expect("frame");
+        read += frame.into_data().map_or(0, |d| d.len());
+    }
+    assert!(read > 16 << 20);
+}

@@ -70,6 +70,8 @@ pub struct GitHubIssuesSource {
     listings: Listings,
     /// The open issue that holds each peer, as last seen.
     issue_numbers: Mutex<HashMap<String, u64>>,
+    /// When the listing `issue_numbers` was last rebuilt from was read.
+    numbers_from: Mutex<Option<std::time::Instant>>,
     writes: WriteLog,
     /// Writes go one at a time (GitHub asks for serial mutations), which also keeps two
     /// registers of one peer in this process from creating two issues.
@@ -104,6 +106,7 @@ impl GitHubIssuesSource {
             repo: settings.repo,
             listings: Listings::new(reader, settings.listing_ttl),
             issue_numbers: Mutex::new(HashMap::new()),
+            numbers_from: Mutex::new(None),
             writes: WriteLog::new(settings.write_budget),
             write_lock: tokio::sync::Mutex::new(()),
             notices: Mutex::new(Vec::new()),
@@ -135,6 +138,10 @@ impl GitHubIssuesSource {
     /// from a full listing read after the last write.
     fn remember_numbers(&self, listing: &FetchedListing) {
         if listing.generation != self.listings.generation() {
+            return;
+        }
+        // A listing served again from the cache: nothing new to learn from it.
+        if lock(&self.numbers_from).replace(listing.fetched) == Some(listing.fetched) {
             return;
         }
         let mut numbers = lock(&self.issue_numbers);
