@@ -55,8 +55,8 @@ fn pages(requests: &[LoggedRequest]) -> Vec<u64> {
         .collect()
 }
 
-/// 20 concurrent cold discovers send one listing: each of the 3 pages is fetched once,
-/// not 20 times.
+/// 50 concurrent cold discovers send one listing: each of the 3 pages is fetched once,
+/// not 50 times (150 requests).
 #[tokio::test]
 async fn concurrent_cold_discovers_share_one_listing() {
     let fake = FakeGitHub::start().await;
@@ -64,7 +64,7 @@ async fn concurrent_cold_discovers_share_one_listing() {
     fake.set_latency(Duration::from_millis(50));
     let dir = tempfile::tempdir().expect("tempdir");
     let client = support::start_with_github(&dir.path().join("r.json"), &fake, &[]).await;
-    let calls = (0..20).map(|_| {
+    let calls = (0..50).map(|_| {
         call(
             &client,
             "discover_peers",

@@ -398,8 +398,16 @@ impl Listings {
             }
             result
         });
+        let wrapper_state = Arc::clone(&self.state);
+        let wrapper_key = key.clone();
         let fetch: Fetch = async move {
             task.await.unwrap_or_else(|e| {
+                // The task panicked before it could take itself off the list: do it here,
+                // so that the next caller starts a new fetch instead of joining this one.
+                let mut state = lock(&wrapper_state);
+                if state.inflight.get(&wrapper_key).is_some_and(|f| f.id == id) {
+                    state.inflight.remove(&wrapper_key);
+                }
                 Err(SourceError::Remote(format!(
                     "the GitHub listing stopped unexpectedly: {e}"
                 )))
