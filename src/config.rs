@@ -2,13 +2,12 @@
 //! `--help`. The flags work with or without the `serve` subcommand, because MCP client
 //! configurations call `peer-discovery-mcp --registry-path FILE` directly.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::peer::{MAX_TTL_SECONDS, MIN_TTL_SECONDS};
-use crate::source::github::RepoName;
+use crate::source::SourceOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,17 +39,6 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct Options {
-    /// The local registry file, shared by every server process on this machine (and by the
-    /// Python ipfs_datasets_py module). Missing folders are created.
-    #[arg(
-        long,
-        env = "PEER_REGISTRY_PATH",
-        value_name = "FILE",
-        global = true,
-        default_value_os_t = default_registry_path()
-    )]
-    pub registry_path: PathBuf,
-
     /// Lease, in seconds, of a peer that registers without ttl_seconds (1..=604800).
     #[arg(
         long,
@@ -84,73 +72,13 @@ pub struct Options {
     )]
     pub source_timeout: f64,
 
-    /// GitHub repository (OWNER/NAME) that holds one issue per peer. With a token in
-    /// GITHUB_TOKEN or GH_TOKEN, this turns the GitHub source on.
-    #[arg(
-        long,
-        env = "PEER_REGISTRY_GITHUB_REPO",
-        value_name = "OWNER/NAME",
-        global = true
-    )]
-    pub github_repo: Option<RepoName>,
-
-    /// GitHub REST API base URL: change it for GitHub Enterprise
-    /// (https://HOST/api/v3) or a test server.
-    #[arg(
-        long,
-        env = "GITHUB_API_URL",
-        value_name = "URL",
-        global = true,
-        default_value = "https://api.github.com",
-        value_parser = parse_api_url
-    )]
-    pub github_api_url: String,
-
-    /// Timeout of one GitHub request (seconds, fractions allowed).
-    #[arg(
-        long,
-        env = "PEER_REGISTRY_GITHUB_TIMEOUT",
-        value_name = "SECONDS",
-        global = true,
-        default_value_t = 5.0,
-        value_parser = parse_timeout
-    )]
-    pub github_timeout: f64,
-
-    /// Only trust peer issues opened by these GitHub logins (comma-separated). Empty: any
-    /// issue carrying the peer-registry label (which only collaborators can set).
-    #[arg(
-        long,
-        env = "PEER_REGISTRY_GITHUB_TRUSTED_AUTHORS",
-        value_name = "LOGIN,...",
-        global = true,
-        value_delimiter = ','
-    )]
-    pub github_trusted_authors: Vec<String>,
-
-    /// How long a GitHub listing is reused before discover asks GitHub again (seconds;
-    /// 0 = ask every time, still with free conditional requests).
-    #[arg(
-        long,
-        env = "PEER_REGISTRY_GITHUB_CACHE_SECONDS",
-        value_name = "SECONDS",
-        global = true,
-        default_value_t = 15
-    )]
-    pub github_cache_seconds: u64,
+    /// Every source's options, each in its own group (listed after these in --help).
+    #[command(flatten)]
+    pub sources: SourceOptions,
 }
 
-fn parse_api_url(text: &str) -> Result<String, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|e| format!("`{text}` is not a URL ({e})"))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(_)) => Ok(text.trim_end_matches('/').to_owned()),
-        _ => Err(format!("`{text}` is not an http(s) URL with a host")),
-    }
-}
-
-fn parse_timeout(text: &str) -> Result<f64, String> {
+/// A number of seconds in (0, 3600], fractions allowed.
+pub(crate) fn parse_timeout(text: &str) -> Result<f64, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
@@ -161,17 +89,6 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The Python module's path: `$XDG_CACHE_HOME/ipfs_datasets_py/peer_registry.json`, or
-/// `~/.cache/...` when XDG_CACHE_HOME is unset or not absolute.
-pub fn default_registry_path() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("ipfs_datasets_py").join("peer_registry.json")
-}
-
 impl Options {
     pub fn source_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.source_timeout)
@@ -180,17 +97,4 @@ impl Options {
     pub fn cleanup_interval(&self) -> Duration {
         Duration::from_secs(self.cleanup_interval)
     }
-
-    pub fn github_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.github_timeout)
-    }
-}
-
-/// The GitHub token from the environment: GITHUB_TOKEN, else GH_TOKEN (empty = unset).
-pub fn github_token_from_env() -> Option<String> {
-    ["GITHUB_TOKEN", "GH_TOKEN"]
-        .into_iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .map(|token| token.trim().to_owned())
-        .find(|token| !token.is_empty())
 }

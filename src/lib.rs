@@ -37,73 +37,42 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Options;
 use crate::coordinator::{Coordinator, CoordinatorConfig, EnabledSource, system_clock};
-use crate::source::github::{GitHubSettings, WriteBudget};
-use crate::source::{GitHubIssuesSource, LocalFileSource, SourceError, SourceName};
+use crate::source::{Opened, Secrets};
 
 /// Why the server could not start. Printed as one line before exiting non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot use registry file `{path}`: {source}")]
-    Registry {
-        path: String,
-        #[source]
-        source: SourceError,
-    },
-    #[error("cannot use the GitHub source: {0}")]
-    GitHub(String),
+    /// A source that was asked for cannot be used (the message names it).
+    #[error("{0}")]
+    Source(String),
     #[error("cannot serve MCP: {0}")]
     Serve(String),
 }
 
-/// Opens every configured source and builds the coordinator over them. `github_token`
-/// is the token from the environment (see [`config::github_token_from_env`]).
+/// Opens every configured source ([`source::open_all`]) and builds the coordinator over
+/// them. `secrets` come from the environment ([`source::Secrets::from_env`]).
 /// Blocking (it opens files); call it inside a tokio runtime, before serving.
 pub fn build_coordinator(
     options: &Options,
-    github_token: Option<String>,
+    secrets: Secrets,
 ) -> Result<Arc<Coordinator>, StartError> {
-    let local =
-        LocalFileSource::open(&options.registry_path).map_err(|source| StartError::Registry {
-            path: options.registry_path.display().to_string(),
-            source,
-        })?;
-    let mut sources = vec![EnabledSource {
-        description: format!("records in {}", local.path().display()),
-        source: Arc::new(local),
-    }];
+    let mut sources = Vec::new();
     let mut disabled = BTreeMap::new();
-    match (&options.github_repo, github_token) {
-        (Some(repo), Some(token)) => {
-            let settings = GitHubSettings {
-                repo: repo.clone(),
-                api_url: options.github_api_url.clone(),
-                request_timeout: options.github_timeout(),
-                trusted_authors: options.github_trusted_authors.clone(),
-                listing_ttl: std::time::Duration::from_secs(options.github_cache_seconds),
-                write_budget: WriteBudget::default(),
-            };
-            let github = GitHubIssuesSource::new(settings, token)
-                .map_err(|e| StartError::GitHub(e.to_string()))?;
-            sources.push(EnabledSource {
-                description: github.describe(),
-                source: Arc::new(github),
-            });
+    for opened in source::open_all(&options.sources, secrets).map_err(StartError::Source)? {
+        match opened {
+            Opened::On {
+                source,
+                description,
+            } => sources.push(EnabledSource {
+                source,
+                description,
+            }),
+            Opened::Off(name, why) => {
+                disabled.insert(name, why);
+            }
+            // Reported with its built-in text (how to turn it on).
+            Opened::NotConfigured(_) => {}
         }
-        (Some(repo), None) => {
-            disabled.insert(
-                SourceName::GITHUB,
-                format!("no token: set GITHUB_TOKEN (or GH_TOKEN) to a token that can write issues in {repo}"),
-            );
-        }
-        (None, Some(_)) => {
-            disabled.insert(
-                SourceName::GITHUB,
-                "no repository: set --github-repo OWNER/NAME (or PEER_REGISTRY_GITHUB_REPO)"
-                    .to_owned(),
-            );
-        }
-        // Reported with its built-in text (how to turn it on).
-        (None, None) => {}
     }
     Ok(Arc::new(Coordinator::new(
         sources,

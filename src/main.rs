@@ -51,8 +51,8 @@ fn main() -> ExitCode {
     let built = {
         // octocrab builds its client inside a runtime.
         let _entered = runtime.enter();
-        let token = peer_discovery_mcp::config::github_token_from_env();
-        peer_discovery_mcp::build_coordinator(&cli.options, token)
+        let secrets = peer_discovery_mcp::source::Secrets::from_env();
+        peer_discovery_mcp::build_coordinator(&cli.options, secrets)
     };
     let coordinator = match built {
         Ok(c) => c,

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rmcp::model::ProgressNotificationParam;
 use rmcp::service::NotificationContext;
@@ -322,17 +322,18 @@ async fn failing_github_degrades_to_local_results() {
     assert_eq!(ids(&found), ["during-500", "steady"]);
     fake.clear_faults();
 
-    // A 10 s stall: the answer comes within the timeouts, as a timeout.
+    // A 10 s stall: the answer comes as a timeout, from the 0.5 s request timeout.
     fake.inject(Fault::status(200).delay(Duration::from_secs(10)).times(100));
-    let started = Instant::now();
     let found = call(&client, "discover_peers", json!({})).await;
     let found = ok(&found).clone();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
     assert_eq!(found["outcomes"]["github"]["status"], "timeout");
+    assert!(
+        found["outcomes"]["github"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("500ms"),
+        "{found}"
+    );
     assert_eq!(ids(&found), ["during-500", "steady"]);
     let beat = call(&client, "update_peer", json!({"peer_id": "steady"})).await;
     assert_eq!(ok(&beat)["outcomes"]["local_file"]["status"], "ok");

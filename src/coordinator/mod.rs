@@ -357,6 +357,9 @@ impl Coordinator {
                     if listing.rejected > 0 {
                         outcome.rejected = Some(listing.rejected as u64);
                     }
+                    if let Some(detail) = listing.detail.take() {
+                        outcome.add_detail(detail);
+                    }
                     outcomes.set(name.clone(), outcome);
                     listings.push((name, listing.peers, listing.matched));
                 }

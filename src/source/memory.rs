@@ -86,6 +86,7 @@ impl Source for MemorySource {
             matched: matching.len(),
             peers: top_ranked(matching.into_iter(), filter.limit),
             rejected,
+            detail: None,
         })
     }
 

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 
 use crate::peer::{PeerFilter, PeerRecord};
 
-pub use github::GitHubIssuesSource;
-pub use local_file::LocalFileSource;
+pub use github::{GitHubIssuesSource, GitHubOptions};
+pub use local_file::{LocalFileOptions, LocalFileSource};
 pub use memory::MemorySource;
 pub use name::{BUILT_IN, BuiltIn, SourceName};
 
@@ -35,6 +35,9 @@ pub struct Listing {
     pub matched: usize,
     /// Records found but skipped because they break a rule of the format.
     pub rejected: usize,
+    /// Something the caller should hear about this listing (for example that it was
+    /// served from a cache while a refresh is under way); for the source's outcome.
+    pub detail: Option<String>,
 }
 
 /// Where a source reports progress of long work (many pages, many closes). Cheap to
@@ -203,6 +206,54 @@ impl Commitment {
 
 tokio::task_local! {
     static CURRENT_COMMITMENT: Arc<Commitment>;
+}
+
+/// Every source's command-line options, each source's in its own group (flattened into
+/// the command line: the flags and environment variables are the sources' own).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceOptions {
+    #[command(flatten)]
+    pub local_file: LocalFileOptions,
+    #[command(flatten)]
+    pub github: GitHubOptions,
+}
+
+/// What opening one source from its options gave.
+pub enum Opened {
+    /// On: the source, and where it stores records (for `registry_status`).
+    On {
+        source: Arc<dyn Source>,
+        description: String,
+    },
+    /// Off, with why and how to turn it on.
+    Off(SourceName, String),
+    /// Not asked for: reported with its [`BUILT_IN`] text.
+    NotConfigured(SourceName),
+}
+
+/// Secrets the openers read from the environment, never from flags.
+#[derive(Default)]
+pub struct Secrets {
+    pub github_token: Option<String>,
+}
+
+impl Secrets {
+    pub fn from_env() -> Self {
+        Secrets {
+            github_token: github::github_token_from_env(),
+        }
+    }
+}
+
+/// Opens every built-in source from its options, in the order they are listed: the one
+/// place a new source is added (with its options group above and its [`BUILT_IN`]
+/// entry). An error is a source that was asked for and cannot be used: the server does
+/// not start. Needs a tokio runtime.
+pub fn open_all(options: &SourceOptions, secrets: Secrets) -> Result<Vec<Opened>, String> {
+    Ok(vec![
+        options.local_file.open()?,
+        options.github.open(secrets.github_token)?,
+    ])
 }
 
 /// What a source can do, so the coordinator can adapt to it.

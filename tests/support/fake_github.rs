@@ -159,6 +159,23 @@ pub struct Fault {
     pub after_commit: bool,
     /// How many matching requests it applies to.
     pub times: usize,
+    /// What the fault does; [`FaultKind::Replace`] unless made by one of the hostile
+    /// constructors.
+    pub kind: FaultKind,
+}
+
+/// How a fault changes the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The answer is replaced by the fault's status, headers and body.
+    Replace,
+    /// A 200 whose body never ends (64 KiB chunks, as fast as the client reads).
+    EndlessBody,
+    /// The real answer, with `Link: <the requested URL>; rel="next"`.
+    LinkToSelf,
+    /// The real answer, with a `Link` to the next page number, always (past the last
+    /// page the pages are empty): a listing that never ends.
+    EndlessNextLinks,
 }
 
 impl Fault {
@@ -177,6 +194,32 @@ impl Fault {
             delay: Duration::ZERO,
             after_commit: false,
             times: 1,
+            kind: FaultKind::Replace,
+        }
+    }
+
+    /// A 200 whose body streams forever, for any method and path, once.
+    pub fn endless_body() -> Fault {
+        Fault {
+            kind: FaultKind::EndlessBody,
+            body: Value::Null,
+            ..Fault::status(200)
+        }
+    }
+
+    /// The real answer with a `Link` `rel="next"` pointing back at the request's own URL.
+    pub fn link_to_self() -> Fault {
+        Fault {
+            kind: FaultKind::LinkToSelf,
+            ..Fault::status(200)
+        }
+    }
+
+    /// The real answer with a `Link` `rel="next"` to page N+1, however many pages exist.
+    pub fn endless_next_links() -> Fault {
+        Fault {
+            kind: FaultKind::EndlessNextLinks,
+            ..Fault::status(200)
         }
     }
 
@@ -287,6 +330,25 @@ impl FakeGitHub {
     /// issues, and the label endpoints answer it 403.
     pub fn add_reader_token(&self, token: &str, login: &str) {
         self.shared.lock().add_token(token, login, false);
+    }
+
+    /// Adds many issues at once (one lock, no request, no quota); returns their numbers.
+    pub fn seed_many(&self, seeds: impl IntoIterator<Item = SeedIssue>) -> Vec<u64> {
+        let mut repo = self.shared.lock();
+        seeds
+            .into_iter()
+            .map(|seed| {
+                let labels = seed.labels.iter().map(|l| repo.ensure_label(l)).collect();
+                repo.insert(
+                    seed.title,
+                    Some(seed.body),
+                    labels,
+                    seed.author,
+                    seed.open,
+                    false,
+                )
+            })
+            .collect()
     }
 
     /// Adds an issue as if made on github.com (no request, no quota); returns its number.
@@ -896,6 +958,7 @@ async fn process(fake: Fake, request: Request, next: Next) -> Response {
         .unwrap_or_default();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or("").to_owned();
     let quota_free = path == "/rate_limit";
 
     let (index, fault, caller, latency, exhausted) = {
@@ -925,8 +988,23 @@ async fn process(fake: Fake, request: Request, next: Next) -> Response {
         (index, fault, caller, repo.latency, exhausted)
     };
 
+    let replaces = |f: &Fault| !f.after_commit && f.kind == FaultKind::Replace;
     let mut response = match (&fault, caller) {
-        (Some(fault), _) if !fault.after_commit => {
+        (Some(fault), _) if fault.kind == FaultKind::EndlessBody => {
+            tokio::time::sleep(fault.delay).await;
+            let chunk = Bytes::from(vec![b' '; 64 << 10]);
+            let endless =
+                futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            let mut response = Response::new(Body::from_stream(endless));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let mut repo = fake.lock();
+            repo.spend_quota();
+            finish_headers(&mut repo, &mut response, fault);
+            response
+        }
+        (Some(fault), _) if replaces(fault) => {
             tokio::time::sleep(fault.delay).await;
             let mut response = fault_response(fault);
             let mut repo = fake.lock();
@@ -980,6 +1058,44 @@ async fn process(fake: Fake, request: Request, next: Next) -> Response {
         tokio::time::sleep(fault.delay).await;
         response = fault_response(fault);
         finish_headers(&mut fake.lock(), &mut response, fault);
+    }
+    if let Some(fault) = fault.as_ref() {
+        let url = format!("{}{path}", fake.base_url);
+        let link = match fault.kind {
+            FaultKind::LinkToSelf => Some(if query.is_empty() {
+                url
+            } else {
+                format!("{url}?{query}")
+            }),
+            FaultKind::EndlessNextLinks => {
+                let params = parse_query(&query);
+                let page = params
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == "page")
+                    .and_then(|(_, v)| v.parse::<u64>().ok())
+                    .unwrap_or(1);
+                link_header(&url, &params, page, u64::MAX)
+                    .and_then(|l| {
+                        l.split(", ")
+                            .find(|p| p.ends_with("rel=\"next\""))
+                            .map(str::to_owned)
+                    })
+                    .map(|next| {
+                        next.trim_start_matches('<')
+                            .split('>')
+                            .next()
+                            .unwrap_or("")
+                            .to_owned()
+                    })
+            }
+            _ => None,
+        };
+        if let Some(value) =
+            link.and_then(|l| HeaderValue::from_str(&format!("<{l}>; rel=\"next\"")).ok())
+        {
+            response.headers_mut().insert(LINK, value);
+        }
     }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -33,7 +33,10 @@
 mod commit;
 mod disk;
 mod format;
+mod options;
 mod table;
+
+pub use options::{LocalFileOptions, default_registry_path};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -258,6 +261,7 @@ impl Source for LocalFileSource {
                 peers,
                 matched,
                 rejected: file.peers.unusable_count() + file.peers.ahead_of_clock_count(filter.now),
+                detail: None,
             })
         })
         .await
