@@ -12,7 +12,9 @@ use std::time::Duration;
 mod fixtures;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use peer_discovery_mcp::coordinator::{Coordinator, CoordinatorConfig, Direct, EnabledSource};
+use peer_discovery_mcp::coordinator::{
+    Coordinator, CoordinatorConfig, Direct, DiscoverQuery, EnabledSource,
+};
 use peer_discovery_mcp::peer::{Announcement, DEFAULT_TTL_SECONDS, PeerFilter};
 use peer_discovery_mcp::source::{LocalFileSource, Progress, Source};
 use serde_json::json;
@@ -146,18 +148,12 @@ fn discover(c: &mut Criterion) {
             },
             Arc::new(|| NOW),
         ));
-        let filter = vec!["compute".to_owned()];
+        let query = DiscoverQuery::new(&["compute".to_owned()], Some(50), false).expect("query");
         group.sample_size(if n >= 100_000 { 20 } else { 50 });
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 runtime
-                    .block_on(coordinator.discover(
-                        &filter,
-                        Some(50),
-                        false,
-                        None,
-                        &Progress::default(),
-                    ))
+                    .block_on(coordinator.discover(&query, None, &Progress::default()))
                     .expect("discover")
                     .total_matched
             })

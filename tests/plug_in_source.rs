@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use peer_discovery_mcp::coordinator::{
-    CallError, Coordinator, CoordinatorConfig, EnabledSource, SourceStatus,
+    CallError, Coordinator, CoordinatorConfig, DiscoverQuery, EnabledSource, SourceStatus,
 };
-use peer_discovery_mcp::peer::{Announcement, Heartbeat};
+use peer_discovery_mcp::peer::{Announcement, Heartbeat, PeerId};
 use peer_discovery_mcp::source::{MemorySource, Progress, Source, SourceError, SourceName};
 use support::sources::FailingSource;
 
@@ -25,6 +25,14 @@ fn enabled(source: Arc<dyn Source>) -> EnabledSource {
         description: format!("{} in memory", source.name()),
         source,
     }
+}
+
+fn query(capabilities: &[String], max_peers: Option<i64>, include_expired: bool) -> DiscoverQuery {
+    DiscoverQuery::new(capabilities, max_peers, include_expired).expect("valid query")
+}
+
+fn peer(id: &str) -> PeerId {
+    PeerId::new(id).expect("valid peer id")
 }
 
 fn announce(id: &str, ttl: i64) -> Announcement {
@@ -84,7 +92,11 @@ async fn sources_added_by_a_test_serve_every_operation() {
         .await
         .expect("register in far");
     let found = coordinator
-        .discover(&["compute".into()], None, false, None, &Progress::default())
+        .discover(
+            &query(&["compute".into()], None, false),
+            None,
+            &Progress::default(),
+        )
         .await
         .expect("discover");
     let ids: Vec<&str> = found.peers.iter().map(|p| p.peer_id.as_str()).collect();
@@ -97,7 +109,11 @@ async fn sources_added_by_a_test_serve_every_operation() {
     now.store(1_030, Ordering::SeqCst);
     let heartbeat = Heartbeat::new("agent-2", None, None, None, None).expect("heartbeat");
     let updated = coordinator
-        .update("agent-2", heartbeat, Some(&[name("near"), name("far")]))
+        .update(
+            &peer("agent-2"),
+            heartbeat,
+            Some(&[name("near"), name("far")]),
+        )
         .await
         .expect("update");
     assert_eq!(updated.peer.last_seen, 1_030.0);
@@ -118,14 +134,14 @@ async fn sources_added_by_a_test_serve_every_operation() {
     assert_eq!(cleaned.removed.get("near"), Some(&1));
     assert_eq!(cleaned.removed.get("far"), Some(&1));
     let left = coordinator
-        .discover(&[], None, false, None, &Progress::default())
+        .discover(&query(&[], None, false), None, &Progress::default())
         .await
         .expect("discover");
     let ids: Vec<&str> = left.peers.iter().map(|p| p.peer_id.as_str()).collect();
     assert_eq!(ids, ["agent-2"]);
 
     let gone = coordinator
-        .unregister("agent-2", None)
+        .unregister(&peer("agent-2"), None)
         .await
         .expect("unregister");
     assert!(gone.removed);
@@ -134,9 +150,7 @@ async fn sources_added_by_a_test_serve_every_operation() {
     // Asked alone, the failing source fails the call as a whole, saying why.
     let Err(CallError::NoSource(why)) = coordinator
         .discover(
-            &[],
-            None,
-            false,
+            &query(&[], None, false),
             Some(&[name("broken")]),
             &Progress::default(),
         )

@@ -10,6 +10,7 @@
 //! - `direct.rs`: the same operations on one source alone, for tests and benchmarks.
 //! - `merge.rs`: the rules applied once more to what sources return, and the merge.
 //! - `policy.rs`: what a source is told to do with the copy it holds, per operation.
+//! - `query.rs`: a discover's checked arguments.
 //! - `results.rs`: the wire types every answer is made of (outcomes keyed by source name).
 //! - `stats.rs`: per-source counters for `registry_status`.
 //! - `background.rs`: warm-up and periodic cleanup, stopped by a drop guard.
@@ -18,6 +19,7 @@ mod background;
 mod direct;
 mod merge;
 pub mod policy;
+mod query;
 mod results;
 mod stats;
 #[cfg(test)]
@@ -34,9 +36,10 @@ use futures::future::join_all;
 
 pub use background::BackgroundTasks;
 pub use direct::Direct;
+pub use query::DiscoverQuery;
 pub use results::*;
 
-use crate::peer::{Announcement, Heartbeat, InvalidPeer, PeerFilter};
+use crate::peer::{Announcement, Heartbeat, InvalidPeer, PeerFilter, PeerId};
 use crate::source::{BUILT_IN, Commitment, Modified, Progress, Source, SourceError, SourceName};
 use merge::{merge, recheck};
 use stats::StatsBook;
@@ -270,7 +273,7 @@ impl Coordinator {
             .fan_out(&sources, |s| {
                 let decide = policy::register(record.clone());
                 let peer_id = peer_id.clone();
-                async move { s.modify(&peer_id, decide).await }
+                async move { s.modify(peer_id.as_str(), decide).await }
             })
             .await;
         let mut stored = Vec::new();
@@ -319,27 +322,20 @@ impl Coordinator {
     /// Finds peers by capability across the chosen sources.
     pub async fn discover(
         &self,
-        capability_filter: &[String],
-        max_peers: Option<i64>,
-        include_expired: bool,
+        query: &DiscoverQuery,
         asked: Option<&[SourceName]>,
         progress: &Progress,
     ) -> Result<DiscoverResult, CallError> {
-        let max_peers = max_peers.unwrap_or(DEFAULT_DISCOVER_PEERS);
-        if !(1..=MAX_DISCOVER_PEERS).contains(&max_peers) {
-            return Err(CallError::BadArgument(format!(
-                "max_peers must be within 1..={MAX_DISCOVER_PEERS} (got {max_peers})"
-            )));
-        }
+        let max_peers = query.max_peers;
         let now = self.now();
-        let mut filter = PeerFilter::new(capability_filter, include_expired, now)?;
+        let mut filter = PeerFilter::new(&query.capabilities, query.include_expired, now)?;
         let Selection {
             chosen: sources,
             mut outcomes,
         } = self.select(asked)?;
         if sources.len() == 1 {
             // Nothing to merge with: the source itself keeps only the best max_peers.
-            filter.limit = Some(max_peers as usize);
+            filter.limit = Some(max_peers);
         }
         let results = self
             .fan_out(&sources, |s| {
@@ -381,7 +377,7 @@ impl Coordinator {
                 .collect(),
         );
         let total_matched = single_source_matched.unwrap_or(ranked.len() as u64);
-        ranked.truncate(max_peers as usize);
+        ranked.truncate(max_peers);
         Ok(DiscoverResult {
             peers: ranked
                 .into_iter()
@@ -396,7 +392,7 @@ impl Coordinator {
     /// source that holds it. A source that does not hold it gets the refreshed copy.
     pub async fn update(
         &self,
-        peer_id: &str,
+        peer_id: &PeerId,
         heartbeat: Heartbeat,
         asked: Option<&[SourceName]>,
     ) -> Result<UpdateResult, CallError> {
@@ -409,7 +405,7 @@ impl Coordinator {
             .fan_out(&sources, |s| {
                 let decide = policy::heartbeat(heartbeat.clone(), now, s.abilities());
                 let peer_id = peer_id.to_owned();
-                async move { s.modify(&peer_id, decide).await }
+                async move { s.modify(peer_id.as_str(), decide).await }
             })
             .await;
         let mut held = Vec::new();
@@ -456,7 +452,7 @@ impl Coordinator {
             }
             let asked_names: Vec<SourceName> = sources.iter().map(|s| s.name()).collect();
             return Err(CallError::UnknownPeer(
-                peer_id.to_owned(),
+                peer_id.to_string(),
                 join_names(&asked_names),
             ));
         };
@@ -471,7 +467,7 @@ impl Coordinator {
             .fan_out(&lacking_sources, |s| {
                 let decide = policy::register(newest.clone());
                 let peer_id = peer_id.to_owned();
-                async move { s.modify(&peer_id, decide).await }
+                async move { s.modify(peer_id.as_str(), decide).await }
             })
             .await;
         for (name, result) in restored {
@@ -507,10 +503,9 @@ impl Coordinator {
     /// Removes a peer from every chosen source.
     pub async fn unregister(
         &self,
-        peer_id: &str,
+        peer_id: &PeerId,
         asked: Option<&[SourceName]>,
     ) -> Result<UnregisterResult, CallError> {
-        crate::peer::validate_peer_id(peer_id)?;
         let Selection {
             chosen: sources,
             mut outcomes,
@@ -518,7 +513,7 @@ impl Coordinator {
         let results = self
             .fan_out(&sources, |s| {
                 let peer_id = peer_id.to_owned();
-                async move { s.modify(&peer_id, policy::unregister()).await }
+                async move { s.modify(peer_id.as_str(), policy::unregister()).await }
             })
             .await;
         let mut served = false;
@@ -539,7 +534,7 @@ impl Coordinator {
             return Err(CallError::NoSource(outcomes.describe()));
         }
         Ok(UnregisterResult {
-            peer_id: peer_id.to_owned(),
+            peer_id: peer_id.to_string(),
             removed,
             outcomes,
         })

@@ -74,6 +74,11 @@ impl Source for Stalled {
     }
 }
 
+/// A checked discover query.
+fn query(capabilities: &[String], max_peers: Option<i64>, include_expired: bool) -> DiscoverQuery {
+    DiscoverQuery::new(capabilities, max_peers, include_expired).expect("valid query")
+}
+
 /// An in-memory source under `name`.
 fn memory(name: &str) -> crate::source::MemorySource {
     crate::source::MemorySource::new(SourceName::new(name).expect("valid name"))
@@ -125,7 +130,7 @@ async fn stalled_source_degrades_to_the_others() {
     );
     assert_eq!(reg.peer.sources, vec![SourceName::LOCAL_FILE]);
     let found = c
-        .discover(&[], None, false, None, &Progress::default())
+        .discover(&query(&[], None, false), None, &Progress::default())
         .await
         .expect("discover");
     assert_eq!(found.peers.len(), 1);
@@ -135,9 +140,7 @@ async fn stalled_source_degrades_to_the_others() {
     );
     let only_stalled = c
         .discover(
-            &[],
-            None,
-            false,
+            &query(&[], None, false),
             Some(&[SourceName::GITHUB]),
             &Progress::default(),
         )
@@ -163,7 +166,11 @@ async fn expiry_follows_the_clock() {
         .expect("register");
     now.store(1010, Ordering::SeqCst);
     let found = c
-        .discover(&["compute".into()], None, false, None, &Progress::default())
+        .discover(
+            &query(&["compute".into()], None, false),
+            None,
+            &Progress::default(),
+        )
         .await
         .expect("discover");
     assert_eq!(
@@ -175,7 +182,7 @@ async fn expiry_follows_the_clock() {
         ["long"]
     );
     let all = c
-        .discover(&[], None, true, None, &Progress::default())
+        .discover(&query(&[], None, true), None, &Progress::default())
         .await
         .expect("discover");
     assert_eq!(all.total_matched, 2);
@@ -204,7 +211,7 @@ async fn max_peers_cuts_after_ranking() {
             .expect("register");
     }
     let found = c
-        .discover(&[], Some(2), false, None, &Progress::default())
+        .discover(&query(&[], Some(2), false), None, &Progress::default())
         .await
         .expect("discover");
     assert_eq!(
@@ -217,8 +224,7 @@ async fn max_peers_cuts_after_ranking() {
     );
     assert_eq!(found.total_matched, 4);
     assert!(matches!(
-        c.discover(&[], Some(0), false, None, &Progress::default())
-            .await,
+        DiscoverQuery::new(&[], Some(0), false),
         Err(CallError::BadArgument(_))
     ));
 }
@@ -271,7 +277,7 @@ async fn a_panicking_source_is_an_error_outcome() {
     );
     for _ in 0..3 {
         let found = c
-            .discover(&[], None, false, None, &Progress::default())
+            .discover(&query(&[], None, false), None, &Progress::default())
             .await
             .expect("discover answers");
         assert_eq!(found.peers.len(), 1);
@@ -297,7 +303,7 @@ async fn unknown_source_names_are_refused_with_the_known_ones() {
     let c = coordinator(vec![Arc::new(local)], Arc::new(|| 100.0));
     let asked = [SourceName::new("nosuch").expect("valid")];
     let Err(CallError::BadArgument(message)) = c
-        .discover(&[], None, false, Some(&asked), &Progress::default())
+        .discover(&query(&[], None, false), Some(&asked), &Progress::default())
         .await
     else {
         panic!("an unknown source must be a bad argument");
@@ -307,9 +313,52 @@ async fn unknown_source_names_are_refused_with_the_known_ones() {
         "unknown source `nosuch`; name some of: local_file, github, etcd"
     );
     let found = c
-        .discover(&[], None, false, None, &Progress::default())
+        .discover(&query(&[], None, false), None, &Progress::default())
         .await
         .expect("discover");
     let etcd = found.outcomes.get("etcd").expect("etcd reported");
     assert_eq!(etcd.status, SourceStatus::Disabled);
+}
+
+/// A source whose listings come with something to say (a stale cache, for example).
+struct Remarking;
+
+#[async_trait]
+impl Source for Remarking {
+    fn name(&self) -> SourceName {
+        SourceName::new("remarking").expect("valid")
+    }
+    async fn modify(&self, _: &str, _: Decide) -> Result<Modified, SourceError> {
+        Err(SourceError::Remote("read-only".into()))
+    }
+    async fn scan(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
+        Ok(Listing {
+            detail: Some("served a listing read 42 s ago".into()),
+            ..Listing::default()
+        })
+    }
+    async fn remove_stale(
+        &self,
+        _: &[String],
+        _: f64,
+        _: &Progress,
+    ) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
+}
+
+/// What a source says about its listing reaches that source's outcome.
+#[tokio::test]
+async fn a_listing_detail_reaches_the_outcome() {
+    let c = coordinator(vec![Arc::new(Remarking)], Arc::new(|| 100.0));
+    let found = c
+        .discover(&query(&[], None, false), None, &Progress::default())
+        .await
+        .expect("discover");
+    let outcome = found.outcomes.get("remarking").expect("outcome");
+    assert_eq!(outcome.status, SourceStatus::Ok);
+    assert_eq!(
+        outcome.detail.as_deref(),
+        Some("served a listing read 42 s ago")
+    );
 }

@@ -23,8 +23,8 @@ use serde_json::{Number, Value};
 
 pub use args::*;
 
-use crate::coordinator::{CallError, Coordinator, Outcomes};
-use crate::peer::{Announcement, Heartbeat};
+use crate::coordinator::{CallError, Coordinator, DiscoverQuery, Outcomes};
+use crate::peer::{Announcement, Heartbeat, PeerId};
 use crate::source::Progress;
 
 /// What the server tells a client about itself at `initialize`.
@@ -240,21 +240,18 @@ in them.",
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, String> {
         let args: DiscoverPeersArgs = parse_args(arguments)?;
+        let max_peers = whole_number(args.max_peers, |got| {
+            format!(
+                "max_peers must be a whole number within 1..={} (got {got})",
+                crate::coordinator::MAX_DISCOVER_PEERS
+            )
+        })?;
+        let query = DiscoverQuery::new(&args.capability_filter, max_peers, args.include_expired)
+            .map_err(tool_error)?;
         let relay = ProgressRelay::new(&context);
         let result = self
             .coordinator
-            .discover(
-                &args.capability_filter,
-                whole_number(args.max_peers, |got| {
-                    format!(
-                        "max_peers must be a whole number within 1..={} (got {got})",
-                        crate::coordinator::MAX_DISCOVER_PEERS
-                    )
-                })?,
-                args.include_expired,
-                args.sources.as_deref(),
-                &relay.progress,
-            )
+            .discover(&query, args.sources.as_deref(), &relay.progress)
             .await;
         relay.finish().await;
         let result = result.map_err(tool_error)?;
@@ -290,6 +287,7 @@ register_peer instead.",
     )]
     async fn update_peer(&self, arguments: JsonObject) -> Result<CallToolResult, String> {
         let args: UpdatePeerArgs = parse_args(arguments)?;
+        let peer_id = PeerId::new(&args.peer_id).map_err(|e| e.to_string())?;
         let heartbeat = Heartbeat::new(
             &args.peer_id,
             args.multiaddr.as_deref(),
@@ -300,7 +298,7 @@ register_peer instead.",
         .map_err(|e| e.to_string())?;
         let result = self
             .coordinator
-            .update(&args.peer_id, heartbeat, args.sources.as_deref())
+            .update(&peer_id, heartbeat, args.sources.as_deref())
             .await
             .map_err(tool_error)?;
         let kept: Vec<&str> = result
@@ -341,9 +339,10 @@ false when no source held the peer (nothing to do). Omitted sources: every enabl
     )]
     async fn unregister_peer(&self, arguments: JsonObject) -> Result<CallToolResult, String> {
         let args: UnregisterPeerArgs = parse_args(arguments)?;
+        let peer_id = PeerId::new(&args.peer_id).map_err(|e| e.to_string())?;
         let result = self
             .coordinator
-            .unregister(&args.peer_id, args.sources.as_deref())
+            .unregister(&peer_id, args.sources.as_deref())
             .await
             .map_err(tool_error)?;
         let summary = if result.removed {

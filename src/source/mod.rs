@@ -86,6 +86,13 @@ pub enum SourceError {
     Withdrawn { after: Duration, waiting_on: String },
     #[error("rate limited; retry after {retry_after_seconds} s")]
     RateLimited { retry_after_seconds: u64 },
+    /// The remote refused the credentials (a bad or underpowered token).
+    #[error("{0}")]
+    Auth(String),
+    /// The remote has no such thing (a deleted issue, a missing repository).
+    #[error("{0}")]
+    NotFound(String),
+    /// The remote failed or answered something this source cannot use.
     #[error("{0}")]
     Remote(String),
     /// A fault in this program (a panic inside a source), not in the data or the remote.
@@ -118,6 +125,8 @@ impl Clone for SourceError {
             } => SourceError::RateLimited {
                 retry_after_seconds: *retry_after_seconds,
             },
+            SourceError::Auth(message) => SourceError::Auth(message.clone()),
+            SourceError::NotFound(message) => SourceError::NotFound(message.clone()),
             SourceError::Remote(message) => SourceError::Remote(message.clone()),
             SourceError::Internal(message) => SourceError::Internal(message.clone()),
         }

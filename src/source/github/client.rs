@@ -239,20 +239,22 @@ impl Client {
             });
         }
         let repo = &self.repo;
-        Err(SourceError::Remote(match status {
-            StatusCode::UNAUTHORIZED => {
+        Err(match status {
+            StatusCode::UNAUTHORIZED => SourceError::Auth(
                 "GitHub refused the token (401 Bad credentials); set GITHUB_TOKEN to a valid token"
-                    .to_owned()
-            }
-            StatusCode::FORBIDDEN => format!(
-                "GitHub refused the request (403 {message}); the token needs write access to issues of {repo}"
+                    .to_owned(),
             ),
-            StatusCode::NOT_FOUND => {
-                format!("repository {repo} was not found, or the token cannot see it (404)")
+            StatusCode::FORBIDDEN => SourceError::Auth(format!(
+                "GitHub refused the request (403 {message}); the token needs write access to issues of {repo}"
+            )),
+            StatusCode::NOT_FOUND => SourceError::NotFound(format!(
+                "repository {repo} was not found, or the token cannot see it (404)"
+            )),
+            StatusCode::GONE => {
+                SourceError::NotFound(format!("issues are disabled in {repo} (410)"))
             }
-            StatusCode::GONE => format!("issues are disabled in {repo} (410)"),
-            _ => format!("GitHub answered {status}: {message}"),
-        }))
+            _ => SourceError::Remote(format!("GitHub answered {status}: {message}")),
+        })
     }
 }
 

@@ -188,7 +188,7 @@ impl GitHubIssuesSource {
                         return Ok(Some(issue));
                     }
                 }
-                Err(SourceError::Remote(_)) => {} // deleted or moved: look it up again
+                Err(SourceError::NotFound(_)) => {} // deleted or moved: look it up again
                 Err(e) => return Err(e),
             }
             lock(&self.issue_numbers).remove(peer_id);

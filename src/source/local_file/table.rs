@@ -452,6 +452,10 @@ mod tests {
             .collect()
     }
 
+    fn ids(records: &[PeerRecord]) -> Vec<&str> {
+        records.iter().map(|r| r.peer_id.as_str()).collect()
+    }
+
     fn filter(caps: &[&str], now: f64, limit: Option<usize>) -> PeerFilter {
         PeerFilter {
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
@@ -535,21 +539,16 @@ mod tests {
         assert!(!table.remove("c"));
         assert!(table.record("c").is_none());
         let (found, matched) = table.matching(&filter(&["storage"], 0.0, Some(2)));
-        let ids: Vec<_> = found.iter().map(|r| r.peer_id.as_str()).collect();
-        assert_eq!((ids, matched), (vec!["b", "a"], 3));
+        assert_eq!((ids(&found), matched), (vec!["b", "a"], 3));
         // Equal last_seen: ranked by peer id.
         table
             .upsert(&record("ba", &["storage"], 7.0))
             .expect("upsert");
         let (found, _) = table.matching(&filter(&["storage"], 0.0, Some(3)));
-        let ids: Vec<_> = found.iter().map(|r| r.peer_id.as_str()).collect();
-        assert_eq!(ids, vec!["b", "ba", "a"]);
+        assert_eq!(ids(&found), ["b", "ba", "a"]);
         // Leases of 100 s: at 102 `d` (seen at 1) has expired, the others not yet.
-        let stale = table.matching(&PeerFilter::stale(102.0)).0;
-        assert_eq!(
-            stale.iter().map(|r| r.peer_id.as_str()).collect::<Vec<_>>(),
-            ["d"]
-        );
+        let (stale, _) = table.matching(&PeerFilter::stale(102.0));
+        assert_eq!(ids(&stale), ["d"]);
         assert_eq!(table.matching(&filter(&["gpu"], 0.0, None)).1, 0);
     }
 
