@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::json;
 use support::fake_github::{FakeGitHub, LoggedRequest};
 use support::{call, ok, seed_peer};
@@ -124,29 +122,17 @@ async fn requests_per_operation_at_one_thousand_peers() {
 async fn write_budget_refuses_before_spending_requests() {
     use peer_discovery_mcp::coordinator::Direct;
     use peer_discovery_mcp::peer::Announcement;
-    use peer_discovery_mcp::source::github::{GitHubSettings, WriteBudget};
-    use peer_discovery_mcp::source::{GitHubIssuesSource, SourceError};
+    use peer_discovery_mcp::source::SourceError;
+    use peer_discovery_mcp::source::github::WriteBudget;
 
     let fake = FakeGitHub::start().await;
-    let settings = GitHubSettings {
-        repo: format!(
-            "{}/{}",
-            support::fake_github::OWNER,
-            support::fake_github::REPO
-        )
-        .parse()
-        .expect("repo"),
-        api_url: fake.base_url(),
-        request_timeout: Duration::from_secs(5),
-        trusted_authors: Vec::new(),
-        listing_ttl: Duration::ZERO,
-        write_budget: WriteBudget {
+    let github = support::github_source(
+        &fake,
+        WriteBudget {
             per_minute: 3,
             per_hour: 500,
         },
-    };
-    let github =
-        GitHubIssuesSource::new(settings, support::fake_github::TOKEN.to_owned()).expect("client");
+    );
     let now = support::now();
     let record = |id: &str| {
         Announcement::new(id.into(), "/ip4/127.0.0.1/tcp/1", &[], None, None, 3600)

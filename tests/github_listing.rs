@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peer_discovery_mcp::peer::PeerFilter;
-use peer_discovery_mcp::source::github::{GitHubSettings, WriteBudget};
-use peer_discovery_mcp::source::{GitHubIssuesSource, Progress, Source};
+use peer_discovery_mcp::source::github::WriteBudget;
+use peer_discovery_mcp::source::{Progress, Source};
 use serde_json::json;
 use support::fake_github::{FakeGitHub, LoggedRequest, SeedIssue};
 use support::{call, ok};
@@ -129,17 +129,7 @@ async fn a_listing_slower_than_the_source_timeout_completes_for_later_calls() {
 async fn a_stale_listing_is_served_while_a_refresh_runs() {
     let fake = FakeGitHub::start().await;
     seed_peers(&fake, 250);
-    let settings = GitHubSettings {
-        repo: "acme/peers".parse().expect("repo"),
-        api_url: fake.base_url(),
-        request_timeout: Duration::from_secs(10),
-        trusted_authors: Vec::new(),
-        listing_ttl: Duration::ZERO,
-        write_budget: WriteBudget::default(),
-    };
-    let github = Arc::new(
-        GitHubIssuesSource::new(settings, support::fake_github::TOKEN.to_owned()).expect("client"),
-    );
+    let github = Arc::new(support::github_source(&fake, WriteBudget::default()));
     let filter = PeerFilter::new(&[], false, support::now()).expect("filter");
     let cold = github
         .scan(&filter, &Progress::default())

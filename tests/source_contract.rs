@@ -5,12 +5,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use peer_discovery_mcp::peer::{Announcement, PeerFilter, PeerRecord};
-use peer_discovery_mcp::source::github::{GitHubSettings, WriteBudget};
+use peer_discovery_mcp::source::github::WriteBudget;
 use peer_discovery_mcp::source::{
-    Decision, GitHubIssuesSource, LocalFileSource, MemorySource, Progress, Source, SourceName,
+    Decision, LocalFileSource, MemorySource, Progress, Source, SourceName,
 };
 use serde_json::json;
 use support::fake_github::FakeGitHub;
@@ -226,24 +225,10 @@ async fn local_file_keeps_the_contract() {
 #[tokio::test]
 async fn github_source_keeps_the_contract() {
     let fake = FakeGitHub::start().await;
-    let settings = GitHubSettings {
-        repo: format!(
-            "{}/{}",
-            support::fake_github::OWNER,
-            support::fake_github::REPO
-        )
-        .parse()
-        .expect("repo"),
-        api_url: fake.base_url(),
-        request_timeout: Duration::from_secs(5),
-        trusted_authors: Vec::new(),
-        listing_ttl: Duration::ZERO,
-        write_budget: WriteBudget {
-            per_minute: 1000,
-            per_hour: 1000,
-        },
+    let budget = WriteBudget {
+        per_minute: 1000,
+        per_hour: 1000,
     };
-    let source =
-        GitHubIssuesSource::new(settings, support::fake_github::TOKEN.to_owned()).expect("client");
+    let source = support::github_source(&fake, budget);
     keeps_the_contract(Arc::new(source), support::now()).await;
 }

@@ -39,7 +39,7 @@ pub use direct::Direct;
 pub use query::DiscoverQuery;
 pub use results::*;
 
-use crate::peer::{Announcement, Heartbeat, InvalidPeer, PeerFilter, PeerId};
+use crate::peer::{Announcement, Heartbeat, InvalidPeer, PeerFilter, PeerId, PeerRecord};
 use crate::source::{BUILT_IN, Commitment, Modified, Progress, Source, SourceError, SourceName};
 use merge::{merge, recheck};
 use stats::StatsBook;
@@ -279,25 +279,18 @@ impl Coordinator {
         let mut stored = Vec::new();
         let mut created = true;
         for (name, result) in results {
-            match result {
-                Ok(Modified {
-                    after: Some(after),
-                    before,
+            match written(result) {
+                Ok(Written {
+                    record,
+                    created: new,
                     location,
-                    ..
                 }) => {
                     let mut outcome = SourceOutcome::ok(1);
                     outcome.location = location;
                     outcomes.set(name.clone(), outcome);
-                    created &= before.is_none();
-                    stored.push((name, after));
+                    created &= new;
+                    stored.push((name, record));
                 }
-                Ok(Modified { after: None, .. }) => outcomes.set(
-                    name,
-                    SourceOutcome::failed(&SourceError::Internal(
-                        "the source kept nothing for a register".into(),
-                    )),
-                ),
                 Err(e) => outcomes.set(name, SourceOutcome::failed(&e)),
             }
         }
@@ -471,24 +464,16 @@ impl Coordinator {
             })
             .await;
         for (name, result) in restored {
-            match result {
-                Ok(Modified {
-                    after: Some(after),
-                    location,
-                    ..
+            match written(result) {
+                Ok(Written {
+                    record, location, ..
                 }) => {
                     let mut outcome = SourceOutcome::ok(1);
                     outcome.location = location;
                     outcome.add_detail("this source did not hold the peer; it was registered again from another source".into());
                     outcomes.set(name.clone(), outcome);
-                    held.push((name, after));
+                    held.push((name, record));
                 }
-                Ok(Modified { after: None, .. }) => outcomes.set(
-                    name,
-                    SourceOutcome::failed(&SourceError::Internal(
-                        "the source kept nothing for a register".into(),
-                    )),
-                ),
                 Err(e) => outcomes.set(name, SourceOutcome::failed(&e)),
             }
         }
@@ -643,6 +628,28 @@ async fn clean_up<S: Source + ?Sized>(
         return Ok(stale);
     }
     source.remove_stale(&stale, now, progress).await
+}
+
+/// What a source holds after a register.
+struct Written {
+    record: PeerRecord,
+    /// It held no copy before.
+    created: bool,
+    location: Option<String>,
+}
+
+/// A register's answer from one source: the copy it now holds. A source that answers a
+/// register by holding nothing has broken the trait's contract.
+fn written(result: Result<Modified, SourceError>) -> Result<Written, SourceError> {
+    let modified = result?;
+    let record = modified.after.ok_or_else(|| {
+        SourceError::Internal("the source kept nothing for a register (a bug in the source)".into())
+    })?;
+    Ok(Written {
+        record,
+        created: modified.before.is_none(),
+        location: modified.location,
+    })
 }
 
 fn join_names(names: &[SourceName]) -> String {

@@ -286,3 +286,23 @@ impl RawSession {
         self.stdin = None;
     }
 }
+
+/// A GitHub source in this process on `fake`: listings never reused (every scan asks the
+/// fake, conditionally), `write_budget` writes, a 10 s request timeout.
+pub fn github_source(
+    fake: &fake_github::FakeGitHub,
+    write_budget: peer_discovery_mcp::source::github::WriteBudget,
+) -> peer_discovery_mcp::source::GitHubIssuesSource {
+    let settings = peer_discovery_mcp::source::github::GitHubSettings {
+        repo: format!("{}/{}", fake_github::OWNER, fake_github::REPO)
+            .parse()
+            .expect("repo"),
+        api_url: fake.base_url(),
+        request_timeout: std::time::Duration::from_secs(10),
+        trusted_authors: Vec::new(),
+        listing_ttl: std::time::Duration::ZERO,
+        write_budget,
+    };
+    peer_discovery_mcp::source::GitHubIssuesSource::new(settings, fake_github::TOKEN.to_owned())
+        .expect("client")
+}
