@@ -124,7 +124,7 @@ impl Inner {
 
     /// Since when the writer waits for a lock another process holds, if it does.
     pub(super) fn waiting_for_lock(&self) -> Option<Instant> {
-        self.lock_wait.lock().ok().and_then(|w| *w)
+        *crate::lock(&self.lock_wait)
     }
 
     pub(super) fn lock_wait_text(&self, since: Instant) -> String {
@@ -137,9 +137,7 @@ impl Inner {
     }
 
     pub(super) fn set_lock_wait(&self, since: Option<Instant>) {
-        if let Ok(mut wait) = self.lock_wait.lock() {
-            *wait = since;
-        }
+        *crate::lock(&self.lock_wait) = since;
     }
 
     /// Removes temp files a killed writer left. Only while holding the lock: a live
@@ -183,19 +181,15 @@ impl Inner {
 
     pub(super) fn notice(&self, message: String) {
         tracing::warn!("{message}");
-        if let Ok(mut notices) = self.notices.lock() {
-            notices.push(message);
-        }
+        crate::lock(&self.notices).push(message);
     }
 
     pub(super) fn cached(&self) -> Option<Snapshot> {
-        self.cache.lock().ok().and_then(|c| c.clone())
+        crate::lock(&self.cache).clone()
     }
 
     pub(super) fn set_cache(&self, snapshot: Option<Snapshot>) {
-        if let Ok(mut cache) = self.cache.lock() {
-            *cache = snapshot;
-        }
+        *crate::lock(&self.cache) = snapshot;
     }
 
     /// One look at the file as it is now: the cached parse when the file has not changed.
@@ -222,10 +216,7 @@ impl Inner {
         }
         // One parse at a time: callers that arrive while a parse of this same version is
         // under way wait for it instead of holding a second copy of the registry.
-        let _parsing = self
-            .parsing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _parsing = crate::lock(&self.parsing);
         if let Some(snapshot) = self.cached()
             && snapshot.stamp == Some(stamp)
         {
@@ -368,9 +359,7 @@ impl Inner {
 impl Inner {
     #[cfg(test)]
     pub(super) fn log_durability(&self, step: &'static str) {
-        if let Ok(mut log) = self.durability_log.lock() {
-            log.push(step);
-        }
+        crate::lock(&self.durability_log).push(step);
     }
 
     #[cfg(not(test))]
