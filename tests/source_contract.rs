@@ -167,8 +167,8 @@ async fn keeps_the_contract(source: Arc<dyn Source>, now: f64) {
     assert!(absent.before.is_none() && absent.after.is_none(), "{name}");
     assert_eq!(scan(source.as_ref(), &everything).await.len(), 8, "{name}");
 
-    // remove_stale removes only the asked ids that are stale at `now`: a peer refreshed
-    // since the scan stays, and one not asked stays.
+    // remove_stale removes exactly what cleanup at `now` removes: a peer refreshed since
+    // stays, the others (leases of 600 s, over at +700 s) go.
     let later = now + 700.0;
     let stale = scan(source.as_ref(), &PeerFilter::stale(later)).await;
     assert_eq!(
@@ -183,27 +183,24 @@ async fn keeps_the_contract(source: Arc<dyn Source>, now: f64) {
         )
         .await
         .expect("refresh peer-0");
-    let asked: Vec<String> = ["peer-0", "peer-2", "peer-3", "ghost"]
-        .map(String::from)
-        .to_vec();
     let mut gone = source
-        .remove_stale(&asked, later, &Progress::default())
+        .remove_stale(later, &Progress::default())
         .await
         .expect("remove_stale");
     gone.sort();
-    assert_eq!(gone, ["peer-2", "peer-3"], "{name}");
+    assert_eq!(
+        gone,
+        [
+            "alpha", "peer-2", "peer-3", "peer-4", "peer-5", "peer-6", "peer-7"
+        ],
+        "{name}"
+    );
     let left = scan(
         source.as_ref(),
         &PeerFilter::new(&[], true, later).expect("f"),
     )
     .await;
-    let mut left = ids(&left).into_iter().map(String::from).collect::<Vec<_>>();
-    left.sort();
-    assert_eq!(
-        left,
-        ["alpha", "peer-0", "peer-4", "peer-5", "peer-6", "peer-7"],
-        "{name}"
-    );
+    assert_eq!(ids(&left), ["peer-0"], "{name}");
 }
 
 /// The in-memory source keeps the contract.

@@ -604,8 +604,8 @@ impl Coordinator {
     }
 }
 
-/// Cleanup of one source at `now`: scan for what cleanup removes, then remove those whose
-/// copy is still stale (a peer that heartbeated since the scan stays). A source whose
+/// Cleanup of one source at `now`: the source removes what [`crate::peer::cleanup_removes`]
+/// says, in one step; a dry run scans for the same records instead. A source whose
 /// records expire by themselves has nothing to remove.
 async fn clean_up<S: Source + ?Sized>(
     source: &S,
@@ -616,18 +616,16 @@ async fn clean_up<S: Source + ?Sized>(
     if source.abilities().expires_by_itself {
         return Ok(Vec::new());
     }
-    let filter = PeerFilter::stale(now);
-    let listing = source.scan(&filter, progress).await?;
-    let stale: Vec<String> = listing
+    if !dry_run {
+        return source.remove_stale(now, progress).await;
+    }
+    let listing = source.scan(&PeerFilter::stale(now), progress).await?;
+    Ok(listing
         .peers
         .into_iter()
         .filter(|r| r.is_removed_by_cleanup(now))
         .map(|r| r.peer_id)
-        .collect();
-    if dry_run || stale.is_empty() {
-        return Ok(stale);
-    }
-    source.remove_stale(&stale, now, progress).await
+        .collect())
 }
 
 /// What a source holds after a register.

@@ -64,12 +64,7 @@ impl Source for Stalled {
     async fn scan(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
         futures::future::pending().await
     }
-    async fn remove_stale(
-        &self,
-        _: &[String],
-        _: f64,
-        _: &Progress,
-    ) -> Result<Vec<String>, SourceError> {
+    async fn remove_stale(&self, _: f64, _: &Progress) -> Result<Vec<String>, SourceError> {
         futures::future::pending().await
     }
 }
@@ -243,12 +238,7 @@ impl Source for Panicking {
     async fn scan(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
         panic!("scan exploded")
     }
-    async fn remove_stale(
-        &self,
-        _: &[String],
-        _: f64,
-        _: &Progress,
-    ) -> Result<Vec<String>, SourceError> {
+    async fn remove_stale(&self, _: f64, _: &Progress) -> Result<Vec<String>, SourceError> {
         panic!("remove exploded")
     }
 }
@@ -337,12 +327,7 @@ impl Source for Remarking {
             ..Listing::default()
         })
     }
-    async fn remove_stale(
-        &self,
-        _: &[String],
-        _: f64,
-        _: &Progress,
-    ) -> Result<Vec<String>, SourceError> {
+    async fn remove_stale(&self, _: f64, _: &Progress) -> Result<Vec<String>, SourceError> {
         Ok(Vec::new())
     }
 }

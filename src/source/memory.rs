@@ -90,23 +90,16 @@ impl Source for MemorySource {
         })
     }
 
-    async fn remove_stale(
-        &self,
-        peer_ids: &[String],
-        now: f64,
-        _: &Progress,
-    ) -> Result<Vec<String>, SourceError> {
+    async fn remove_stale(&self, now: f64, _: &Progress) -> Result<Vec<String>, SourceError> {
         let mut records = crate::lock(&self.records);
         let mut removed = Vec::new();
-        for id in peer_ids {
-            if records
-                .get(id)
-                .is_some_and(|r| r.is_removed_by_cleanup(now))
-            {
-                records.remove(id);
+        records.retain(|id, r| {
+            let stale = r.is_removed_by_cleanup(now);
+            if stale {
                 removed.push(id.clone());
             }
-        }
+            !stale
+        });
         Ok(removed)
     }
 }

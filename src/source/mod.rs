@@ -341,15 +341,12 @@ pub trait Source: Send + Sync {
     /// `rejected`, never returned.
     async fn scan(&self, hint: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError>;
 
-    /// Removes those of `peer_ids` that cleanup at `now` still removes
-    /// ([`PeerRecord::is_removed_by_cleanup`]), checked as one step with the removal, so a
-    /// peer that heartbeated since the scan stays. Returns the ids removed.
-    async fn remove_stale(
-        &self,
-        peer_ids: &[String],
-        now: f64,
-        progress: &Progress,
-    ) -> Result<Vec<String>, SourceError>;
+    /// Removes every record that cleanup at `now` removes ([`crate::peer::cleanup_removes`]:
+    /// its lease is over, or it claims a time ahead of the clock), as one step, so a peer
+    /// that heartbeats meanwhile is either refreshed or removed, never both. Returns the
+    /// ids removed.
+    async fn remove_stale(&self, now: f64, progress: &Progress)
+    -> Result<Vec<String>, SourceError>;
 
     /// Drops records that cleanup at `now` removes from any in-memory cache the source
     /// keeps (not from the store), and says how many went.

@@ -33,12 +33,7 @@ impl Source for FailingSource {
     async fn scan(&self, _: &PeerFilter, _: &Progress) -> Result<Listing, SourceError> {
         Err(self.error.clone())
     }
-    async fn remove_stale(
-        &self,
-        _: &[String],
-        _: f64,
-        _: &Progress,
-    ) -> Result<Vec<String>, SourceError> {
+    async fn remove_stale(&self, _: f64, _: &Progress) -> Result<Vec<String>, SourceError> {
         Err(self.error.clone())
     }
 }

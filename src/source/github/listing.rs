@@ -257,18 +257,6 @@ impl Listings {
             .cloned()
     }
 
-    /// The last full listing if it was read after the last write and at most `max_age`
-    /// ago, whatever the cache time: for a step that follows a read in the same call
-    /// (cleanup's removal after its scan).
-    pub(crate) fn recent(&self, max_age: Duration) -> Option<Arc<FetchedListing>> {
-        let state = lock(&self.state);
-        state
-            .last
-            .as_ref()
-            .filter(|l| l.generation == state.generation && l.fetched.elapsed() < max_age)
-            .cloned()
-    }
-
     /// Drops records cleanup at `now` removes from the kept listing; says how many went.
     pub(crate) fn evict_stale(&self, now: f64) -> usize {
         let mut state = lock(&self.state);

@@ -56,9 +56,6 @@ use format::{RemoteIssue, Trust, body_for, claims_future, inactive_labels, label
 use listing::{FetchedListing, Listings, Reader};
 
 const SOURCE: SourceName = SourceName::GITHUB;
-/// How old a listing may be for cleanup to act on it without reading it again: the one
-/// its scan read moments before.
-const JUST_READ: Duration = Duration::from_secs(5);
 /// Most duplicate issues one register closes.
 const MAX_DUPLICATES_CLOSED: usize = 10;
 
@@ -521,29 +518,21 @@ impl Source for GitHubIssuesSource {
 
     async fn remove_stale(
         &self,
-        peer_ids: &[String],
         now: f64,
         progress: &Progress,
     ) -> Result<Vec<String>, SourceError> {
         let _serial = self.write_lock.lock().await;
-        // The listing the scan before this call just read (whatever the cache time),
-        // unless something was written since; GitHub has no transactions, so the check
-        // is as close as it gets.
-        let listing = match self.listings.recent(JUST_READ) {
-            Some(fresh) => fresh,
-            None => self.full_listing(progress).await?,
-        };
+        let listing = self.full_listing(progress).await?;
         let by_number: HashMap<u64, &RemoteIssue> =
             listing.issues.iter().map(|i| (i.number, i)).collect();
         // Per issue: an expired copy, or one claiming a time ahead of the clock (which
-        // would never expire), of a peer asked for.
+        // would never expire). GitHub has no transactions: a peer that heartbeats through
+        // another server between this listing and the close is closed; its next
+        // heartbeat registers it again.
         let stale: Vec<(u64, String)> = listing
             .peers
             .iter()
-            .filter(|(_, r)| {
-                peer_ids.contains(&r.peer_id)
-                    && (r.is_removed_by_cleanup(now) || claims_future(r, now))
-            })
+            .filter(|(_, r)| r.is_removed_by_cleanup(now) || claims_future(r, now))
             .map(|(n, r)| (*n, r.peer_id.clone()))
             .collect();
         if stale.is_empty() {

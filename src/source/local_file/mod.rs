@@ -269,13 +269,11 @@ impl Source for LocalFileSource {
 
     async fn remove_stale(
         &self,
-        peer_ids: &[String],
         now: f64,
         _progress: &Progress,
     ) -> Result<Vec<String>, SourceError> {
-        let peer_ids = peer_ids.to_vec();
         self.commit(move |_, file| {
-            let removed = file.peers.remove_stale(&peer_ids, now);
+            let removed = file.peers.remove_stale(now);
             if !removed.is_empty() {
                 file.set_last_cleanup(now);
             }

@@ -266,17 +266,14 @@ impl PeerTable {
         true
     }
 
-    /// Removes those of `peer_ids` whose served record cleanup at `now` removes, in one
-    /// pass over the slots (removing them one by one would move the slots after each);
-    /// their ids.
-    pub(super) fn remove_stale(&mut self, peer_ids: &[String], now: f64) -> Vec<String> {
-        let asked: std::collections::HashSet<&[u8]> =
-            peer_ids.iter().map(|id| id.as_bytes()).collect();
+    /// Removes every served record that cleanup at `now` removes, in one pass over the
+    /// slots (removing them one by one would move the slots after each); their ids.
+    pub(super) fn remove_stale(&mut self, now: f64) -> Vec<String> {
         let mut removed = Vec::new();
         let mut dropped = Vec::new();
         let arena = &self.arena;
         self.slots.retain(|slot| {
-            let expired = slot.expired_at(now) && asked.contains(&arena[slot.key_range()]);
+            let expired = slot.expired_at(now);
             if expired {
                 removed.push(slot.id(arena));
                 dropped.push(*slot);
@@ -570,11 +567,7 @@ mod tests {
         let (found, matched) = table.matching(&filter(&["compute"], 1000.0, Some(1)));
         assert_eq!((found[0].peer_id.as_str(), matched), ("skewed", 2));
         assert_eq!(table.ahead_of_clock_count(1000.0), 1);
-        let every: Vec<String> = ["honest", "hijack", "skewed"].map(String::from).to_vec();
-        assert_eq!(
-            table.remove_stale(&every, 1000.0),
-            vec!["hijack".to_owned()]
-        );
+        assert_eq!(table.remove_stale(1000.0), vec!["hijack".to_owned()]);
         assert_eq!(table.ahead_of_clock_count(1000.0), 0);
     }
 
@@ -671,10 +664,7 @@ mod tests {
                     3 => {
                         // Leases are 100 s from last_seen in 0..100.
                         let now = 100.0 + (rng.next() % 100) as f64;
-                        // Asked for every id the model knows and one it does not.
-                        let mut asked: Vec<String> = model.keys().cloned().collect();
-                        asked.push("nobody".into());
-                        let mut removed = table.remove_stale(&asked, now);
+                        let mut removed = table.remove_stale(now);
                         removed.sort();
                         let expired: Vec<String> = model
                             .iter()
