@@ -11,10 +11,12 @@ use crate::source::{Listing, Modified, Progress, Source, SourceError};
 /// The operations of the coordinator, on one source.
 #[async_trait]
 pub trait Direct: Source {
-    /// Stores `record` as the peer's announcement (see [`policy::register`]).
+    /// Stores `record` as the peer's announcement (see [`policy::register`]), at the
+    /// time the record was last seen.
     async fn register(&self, record: PeerRecord) -> Result<Modified, SourceError> {
         let peer_id = record.peer_id.clone();
-        self.modify(&peer_id, policy::register(record)).await
+        let now = record.last_seen;
+        self.modify(&peer_id, policy::register(record, now)).await
     }
 
     /// Heartbeats `peer_id` at `now`; `None` when the source holds no copy of it.
@@ -31,7 +33,7 @@ pub trait Direct: Source {
     /// Removes the peer; false when the source held no copy of it.
     async fn unregister(&self, peer_id: &str) -> Result<bool, SourceError> {
         let modified = self.modify(peer_id, policy::unregister()).await?;
-        Ok(modified.before.is_some() && modified.after.is_none())
+        Ok(modified.written && modified.after.is_none())
     }
 
     /// The records `filter` admits, checked again as the coordinator does.

@@ -162,7 +162,7 @@ impl Coordinator {
             None => known.clone(),
             Some([]) => {
                 return Err(CallError::BadArgument(format!(
-                    "sources is empty; leave it out to use every enabled source, or name some of: {}",
+                    "sources is empty; leave it out to use every source, or name some of: {}",
                     join_names(&known)
                 )));
             }
@@ -271,7 +271,7 @@ impl Coordinator {
         let peer_id = record.peer_id.clone();
         let results = self
             .fan_out(&sources, |s| {
-                let decide = policy::register(record.clone());
+                let decide = policy::register(record.clone(), now);
                 let peer_id = peer_id.clone();
                 async move { s.modify(peer_id.as_str(), decide).await }
             })
@@ -405,6 +405,11 @@ impl Coordinator {
         let mut lacking = Vec::new();
         let mut failures = 0;
         for (name, result) in results {
+            // A copy stamped ahead of the clock was kept, not refreshed: it counts as none.
+            let result = result.map(|mut m| {
+                m.after = m.after.filter(|r| !r.is_ahead_of_clock(now));
+                m
+            });
             match result {
                 Ok(Modified {
                     after: Some(after),
@@ -450,7 +455,9 @@ impl Coordinator {
             ));
         };
         // Sources that lost their copy (expired and cleaned up, or never had it) get the
-        // refreshed one, so that every source asked agrees after a heartbeat.
+        // refreshed one, so that every source asked agrees after a heartbeat. The newest
+        // held copy may be one a costly source kept unwritten: refresh it here.
+        let refreshed = heartbeat.apply(&newest, now);
         let lacking_sources: Vec<Arc<dyn Source>> = sources
             .iter()
             .filter(|s| lacking.contains(&s.name()))
@@ -458,7 +465,7 @@ impl Coordinator {
             .collect();
         let restored = self
             .fan_out(&lacking_sources, |s| {
-                let decide = policy::register(newest.clone());
+                let decide = policy::register(refreshed.clone(), now);
                 let peer_id = peer_id.to_owned();
                 async move { s.modify(peer_id.as_str(), decide).await }
             })
@@ -478,9 +485,16 @@ impl Coordinator {
             }
         }
         self.attach_notices(&sources, &mut outcomes);
+        // The newest copy now held, restored ones included.
+        let answer = held
+            .iter()
+            .map(|(_, r)| r)
+            .reduce(crate::peer::newest)
+            .cloned()
+            .unwrap_or(newest);
         let holders = in_source_order(&sources, held.into_iter().map(|(n, _)| n));
         Ok(UpdateResult {
-            peer: PeerView::new(newest, holders, now),
+            peer: PeerView::new(answer, holders, now),
             outcomes,
         })
     }
@@ -506,7 +520,7 @@ impl Coordinator {
         for (name, result) in results {
             match result {
                 Ok(modified) => {
-                    let was_held = modified.before.is_some() && modified.after.is_none();
+                    let was_held = modified.written && modified.after.is_none();
                     served = true;
                     removed |= was_held;
                     outcomes.set(name, SourceOutcome::ok(usize::from(was_held)));

@@ -8,10 +8,17 @@
 use crate::peer::{Heartbeat, PeerRecord};
 use crate::source::{Abilities, Decide, Decision};
 
-/// Register: store the announcement over any held copy ([`PeerRecord::stored_over`] keeps
-/// `first_seen` and unknown fields).
-pub(crate) fn register(record: PeerRecord) -> Decide {
-    Box::new(move |held| Decision::Write(record.clone().stored_over(held)))
+/// The held copy a rule may build on: none when it claims a time ahead of the clock at
+/// `now` ([`PeerRecord::is_ahead_of_clock`]), which is not to be trusted (it would keep
+/// its future `last_seen` and never expire).
+fn trusted(held: Option<&PeerRecord>, now: f64) -> Option<&PeerRecord> {
+    held.filter(|h| !h.is_ahead_of_clock(now))
+}
+
+/// Register at `now`: store the announcement over any trusted held copy
+/// ([`PeerRecord::stored_over`] keeps `first_seen` and unknown fields).
+pub(crate) fn register(record: PeerRecord, now: f64) -> Decide {
+    Box::new(move |held| Decision::Write(record.clone().stored_over(trusted(held, now))))
 }
 
 /// Heartbeat at `now`: refresh the held copy ([`Heartbeat::apply`]); a source that holds
@@ -19,7 +26,7 @@ pub(crate) fn register(record: PeerRecord) -> Decide {
 /// whose writes are costly, a heartbeat that can wait ([`heartbeat_can_wait`]) is not
 /// written.
 pub(crate) fn heartbeat(heartbeat: Heartbeat, now: f64, abilities: Abilities) -> Decide {
-    Box::new(move |held| match held {
+    Box::new(move |held| match trusted(held, now) {
         None => Decision::Keep,
         Some(held) if abilities.costly_writes && heartbeat_can_wait(held, &heartbeat, now) => {
             Decision::Keep
@@ -28,12 +35,10 @@ pub(crate) fn heartbeat(heartbeat: Heartbeat, now: f64, abilities: Abilities) ->
     })
 }
 
-/// Unregister: remove whatever copy is held.
+/// Unregister: remove whatever the source holds for the peer, a copy it cannot read
+/// included (a source that holds nothing removes nothing and says so).
 pub(crate) fn unregister() -> Decide {
-    Box::new(|held| match held {
-        Some(_) => Decision::Remove,
-        None => Decision::Keep,
-    })
+    Box::new(|_| Decision::Remove)
 }
 
 /// Write coalescing, for sources whose writes are costly: a heartbeat that changes no
@@ -93,5 +98,22 @@ mod tests {
             heartbeat(Heartbeat::default(), 1010.0, costly)(None),
             Decision::Keep
         );
+    }
+
+    /// A held copy stamped ahead of the clock is no copy to build on: a heartbeat finds
+    /// nothing to refresh (the coordinator registers the peer again) and a register
+    /// does not inherit its times.
+    #[test]
+    fn copies_from_the_future_are_not_built_on() {
+        let future = held(1e15, 100);
+        assert_eq!(
+            heartbeat(Heartbeat::default(), 1000.0, Abilities::default())(Some(&future)),
+            Decision::Keep
+        );
+        let fresh = held(1000.0, 100);
+        let Decision::Write(stored) = register(fresh, 1000.0)(Some(&future)) else {
+            panic!("a register writes");
+        };
+        assert_eq!((stored.first_seen, stored.last_seen), (1000.0, 1000.0));
     }
 }

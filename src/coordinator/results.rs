@@ -116,8 +116,9 @@ impl SourceOutcome {
     }
 }
 
-/// The outcome of every source asked, keyed by source name (built-in sources first, in
-/// their listed order).
+/// The outcome of every source asked, keyed by source name. (Iterated, as the text
+/// summaries do, built-in sources come first in their listed order; a JSON object has
+/// no order.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct Outcomes(BTreeMap<SourceName, SourceOutcome>);
@@ -168,7 +169,7 @@ impl JsonSchema for Outcomes {
         let outcome = generator.subschema_for::<SourceOutcome>();
         schemars::json_schema!({
             "type": "object",
-            "description": "How each source asked fared, keyed by source name (local_file, github, ...).",
+            "description": "How each source asked fared, keyed by source name.",
             "additionalProperties": outcome
         })
     }

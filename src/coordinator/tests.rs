@@ -1,5 +1,5 @@
 use super::*;
-use crate::peer::{DEFAULT_TTL_SECONDS, PeerRecord};
+use crate::peer::{DEFAULT_TTL_SECONDS, PeerId, PeerRecord};
 use crate::source::{Decide, Listing, Modified};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -346,4 +346,63 @@ async fn a_listing_detail_reaches_the_outcome() {
         outcome.detail.as_deref(),
         Some("served a listing read 42 s ago")
     );
+}
+
+/// A heartbeat coalesced by a costly source still refreshes a source that lacked the
+/// peer: the restored copy is the heartbeat applied, not the costly source's old copy.
+#[tokio::test]
+async fn a_coalesced_heartbeat_restores_a_refreshed_copy() {
+    let costly = Arc::new(memory("costly").with_abilities(crate::source::Abilities {
+        costly_writes: true,
+        ..Default::default()
+    }));
+    let plain = Arc::new(memory("plain"));
+    let c = coordinator(vec![costly.clone(), plain.clone()], Arc::new(|| 1010.0));
+    costly.insert_raw(rec("p", 1000.0, "costly"));
+    let beat = Heartbeat::default();
+    let updated = c
+        .update(&PeerId::new("p").expect("id"), beat, None)
+        .await
+        .expect("update");
+    assert_eq!(
+        updated.outcomes.get("costly").and_then(|o| o.written),
+        Some(false)
+    );
+    assert_eq!(updated.peer.last_seen, 1010.0);
+    let held = plain
+        .scan(
+            &PeerFilter::new(&[], true, 1010.0).expect("f"),
+            &Progress::default(),
+        )
+        .await
+        .expect("scan");
+    assert_eq!(
+        held.peers[0].last_seen, 1010.0,
+        "restored with the heartbeat applied"
+    );
+}
+
+/// A copy stamped far ahead of the clock is not refreshed (that would keep its future
+/// time): a heartbeat finds no peer to refresh, and cleanup removes the copy.
+#[tokio::test]
+async fn a_copy_from_the_future_is_not_heartbeated() {
+    let near = Arc::new(memory("near"));
+    let c = coordinator(vec![near.clone()], Arc::new(|| 1000.0));
+    near.insert_raw(rec("hijack", 1e15, "near"));
+    let answer = c
+        .update(
+            &PeerId::new("hijack").expect("id"),
+            Heartbeat::default(),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(answer, Err(CallError::UnknownPeer(..))),
+        "{answer:?}"
+    );
+    let cleaned = c
+        .cleanup(false, None, &Progress::default())
+        .await
+        .expect("cleanup");
+    assert_eq!(cleaned.removed_peer_ids, ["hijack"]);
 }

@@ -33,7 +33,7 @@ pub struct RegisterPeerArgs {
     /// Any JSON object describing the peer (version, region, price...), at most 4096 bytes
     /// as JSON. Omitted: an empty object.
     pub metadata: Option<JsonObject>,
-    /// Which sources to write to. Omitted: every enabled source.
+    /// Which sources to write to. Omitted: every source (those not on report why).
     pub sources: Option<Vec<SourceName>>,
 }
 
@@ -48,7 +48,7 @@ pub struct DiscoverPeersArgs {
     /// Most peers to return, 1 to 1000. Omitted: 50. `total_matched` tells how many matched.
     #[schemars(with = "Option<i64>", range(min = 1, max = 1000))]
     pub max_peers: Option<Number>,
-    /// Which sources to ask. Omitted: every enabled source.
+    /// Which sources to ask. Omitted: every source (those not on report why).
     pub sources: Option<Vec<SourceName>>,
     /// Also return peers whose lease has ended. Omitted: false.
     #[serde(default)]
@@ -70,7 +70,7 @@ pub struct UpdatePeerArgs {
     /// A new lease length in seconds (1 to 604800). Omitted: unchanged.
     #[schemars(with = "Option<i64>", range(min = 1, max = 604800))]
     pub ttl_seconds: Option<Number>,
-    /// Which sources to update. Omitted: every enabled source.
+    /// Which sources to update. Omitted: every source (those not on report why).
     pub sources: Option<Vec<SourceName>>,
 }
 
@@ -79,14 +79,14 @@ pub struct UpdatePeerArgs {
 pub struct UnregisterPeerArgs {
     /// The id the peer was registered with.
     pub peer_id: String,
-    /// Which sources to remove it from. Omitted: every enabled source.
+    /// Which sources to remove it from. Omitted: every source (those not on report why).
     pub sources: Option<Vec<SourceName>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupExpiredPeersArgs {
-    /// Which sources to clean. Omitted: every enabled source.
+    /// Which sources to clean. Omitted: every source (those not on report why).
     pub sources: Option<Vec<SourceName>>,
     /// Only report what would be removed. Omitted: false.
     #[serde(default)]

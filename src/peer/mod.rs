@@ -219,12 +219,14 @@ impl PeerRecord {
 
     /// Whether cleanup at `now` removes this record (see [`cleanup_removes`]).
     pub fn is_removed_by_cleanup(&self, now: f64) -> bool {
-        cleanup_removes(self.last_seen, self.expires_at(), now)
+        cleanup_removes(self.last_seen, self.expires_at(), now) || self.is_ahead_of_clock(now)
     }
 
-    /// Whether this record claims a `last_seen` too far ahead of `now` to be trusted.
+    /// Whether this record claims a time (`last_seen` or `first_seen`) too far ahead of
+    /// `now` to be trusted ([`ahead_of_clock`]). A source that indexes only `last_seen`
+    /// checks that one, with the same function.
     pub fn is_ahead_of_clock(&self, now: f64) -> bool {
-        ahead_of_clock(self.last_seen, now)
+        ahead_of_clock(self.last_seen, now) || ahead_of_clock(self.first_seen, now)
     }
 
     pub fn lease(&self, now: f64) -> Lease {

@@ -11,12 +11,15 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Decide, Decision, Listing, Modified, Progress, Source, SourceError, SourceName};
+use super::{
+    Abilities, Decide, Decision, Listing, Modified, Progress, Source, SourceError, SourceName,
+};
 use crate::peer::{PeerFilter, PeerRecord, top_ranked};
 
 /// Records in memory, one per peer id.
 pub struct MemorySource {
     name: SourceName,
+    abilities: Abilities,
     records: Mutex<BTreeMap<String, PeerRecord>>,
 }
 
@@ -24,8 +27,16 @@ impl MemorySource {
     pub fn new(name: SourceName) -> Self {
         MemorySource {
             name,
+            abilities: Abilities::default(),
             records: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The same source, saying it can do what `abilities` says (to test how the
+    /// coordinator treats, say, a source whose writes are costly).
+    pub fn with_abilities(mut self, abilities: Abilities) -> Self {
+        self.abilities = abilities;
+        self
     }
 
     /// How many records it holds, expired ones included.
@@ -53,6 +64,10 @@ impl MemorySource {
 impl Source for MemorySource {
     fn name(&self) -> SourceName {
         self.name.clone()
+    }
+
+    fn abilities(&self) -> Abilities {
+        self.abilities
     }
 
     async fn modify(&self, peer_id: &str, decide: Decide) -> Result<Modified, SourceError> {

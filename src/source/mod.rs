@@ -333,12 +333,17 @@ pub trait Source: Send + Sync {
     /// stored with `source` set to this source's name, and returned as `after` that way.
     async fn modify(&self, peer_id: &str, decide: Decide) -> Result<Modified, SourceError>;
 
-    /// The valid records that `hint` admits ([`PeerFilter::admits`]), one per peer (the
-    /// newest copy, [`crate::peer::newest`], where the store holds several): all of them, or
-    /// at least the best `hint.limit` by [`crate::peer::rank_order`] when a limit is set
-    /// ([`crate::peer::top_ranked`] picks them). The hint is advisory: the coordinator
-    /// checks every record again. Records that break a rule of the format are counted in
-    /// `rejected`, never returned.
+    /// The valid records that `hint` admits ([`PeerFilter::admits`] on what the source
+    /// indexes, [`PeerFilter::matches`] on records), one per peer (the newest copy,
+    /// [`crate::peer::newest`], where the store holds several): all of them, or the best
+    /// `hint.limit` by [`crate::peer::rank_order`] when a limit is set
+    /// ([`crate::peer::top_ranked`] picks them), with `matched` counting all that match.
+    /// With a limit the capability and expiry parts of the hint are binding (the best
+    /// `limit` must be the best of what matches); the coordinator checks every returned
+    /// record again as a safety net and lowers `matched` for any it drops. Records that
+    /// break a rule of the format, or claim a time ahead of the clock, are counted in
+    /// `rejected`, never returned (except to a [`PeerFilter::stale`] scan, which asks
+    /// for exactly the records cleanup removes).
     async fn scan(&self, hint: &PeerFilter, progress: &Progress) -> Result<Listing, SourceError>;
 
     /// Removes every record that cleanup at `now` removes ([`crate::peer::cleanup_removes`]:

@@ -43,7 +43,7 @@ pub const BUILT_IN: &[BuiltIn] = &[
 /// The name of a source, as tools accept and report it (`local_file`, `github`, ...).
 ///
 /// Ordered as [`BUILT_IN`] lists the built-in sources, then any other name
-/// alphabetically, so that `outcomes` reads the same way in every answer.
+/// alphabetically, so that summaries and status reports read the same way every time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct SourceName(Cow<'static, str>);
@@ -77,15 +77,6 @@ impl SourceName {
     /// The built-in sources' names, in their order.
     pub fn built_in() -> impl Iterator<Item = SourceName> {
         BUILT_IN.iter().map(|b| SourceName(Cow::Borrowed(b.name)))
-    }
-
-    /// `local_file, github, etcd`: for messages that list the choices.
-    pub fn built_in_list() -> String {
-        BUILT_IN
-            .iter()
-            .map(|b| b.name)
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 
     fn rank(&self) -> usize {
@@ -133,9 +124,14 @@ impl JsonSchema for SourceName {
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let names: Vec<&str> = BUILT_IN.iter().map(|b| b.name).collect();
+        let described: Vec<String> = BUILT_IN
+            .iter()
+            .map(|b| format!("{} ({})", b.name, b.description))
+            .collect();
         schemars::json_schema!({
             "type": "string",
-            "enum": names
+            "enum": names,
+            "description": format!("A source: {}.", described.join(", "))
         })
     }
 }

@@ -189,12 +189,6 @@ impl Trust {
     }
 }
 
-/// Whether a record claims a time too far ahead of the server's clock at `now` to be
-/// trusted (`last_seen` or `first_seen`): such a record is rejected, never served.
-pub(crate) fn claims_future(record: &PeerRecord, now: f64) -> bool {
-    record.is_ahead_of_clock(now) || crate::peer::ahead_of_clock(record.first_seen, now)
-}
-
 /// The record in an issue body: raw JSON, or the first ```` ```json ```` fenced block.
 pub fn parse_body(body: &str) -> Result<PeerRecord, String> {
     let trimmed = body.trim();
@@ -292,24 +286,5 @@ mod tests {
             inactive_labels(&issue),
             ["peer-registry", "capability-gpu", "peer-inactive"]
         );
-    }
-
-    /// A record more than 300 s ahead of the clock, by `last_seen` or `first_seen`, is
-    /// not to be trusted; one within 300 s is.
-    #[test]
-    fn future_records_are_recognised() {
-        let raw = |first: f64, last: f64| {
-            parse_body(
-                &json!({"peer_id":"a","multiaddr":"/ip4/127.0.0.1/tcp/1","capabilities":[],
-                    "first_seen":first,"last_seen":last,"source":"github","ttl_seconds":60,"metadata":{}})
-                .to_string(),
-            )
-            .expect("record")
-        };
-        let now = 1_000_000.0;
-        assert!(!claims_future(&raw(now, now + 300.0), now));
-        assert!(claims_future(&raw(now, now + 301.0), now));
-        assert!(claims_future(&raw(1e15, 1e15), now));
-        assert!(claims_future(&raw(now + 1000.0, now), now));
     }
 }

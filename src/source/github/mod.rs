@@ -52,7 +52,7 @@ use super::{
 use crate::peer::{PeerFilter, PeerRecord};
 use budget::WriteLog;
 use client::Client;
-use format::{RemoteIssue, Trust, body_for, claims_future, inactive_labels, labels_for};
+use format::{RemoteIssue, Trust, body_for, inactive_labels, labels_for};
 use listing::{FetchedListing, Listings, Reader};
 
 const SOURCE: SourceName = SourceName::GITHUB;
@@ -348,7 +348,14 @@ impl GitHubIssuesSource {
             };
             return Ok((modified, created.number));
         };
-        self.close_issue(&created, "duplicate").await?;
+        if let Err(e) = self.close_issue(&created, "duplicate").await {
+            // Ours stays open beside the canonical one; the next register of this peer
+            // closes it as a duplicate.
+            self.notice(format!(
+                "could not close issue #{} as a duplicate of #{}: {e}",
+                created.number, canonical.number
+            ));
+        }
         lock(&self.issue_numbers).insert(record.peer_id.clone(), canonical.number);
         let held = self.held_copy(&canonical);
         let after = match decide(held.as_ref()) {
@@ -368,16 +375,11 @@ impl GitHubIssuesSource {
         Ok((modified, canonical.number))
     }
 
-    /// The record an issue holds, if it keeps every rule of the format and trust, and
-    /// does not claim a time ahead of this server's clock (such a copy is not to be
-    /// built on: a write replaces it).
+    /// The record an issue holds, if it keeps every rule of the format and trust. (One
+    /// stamped ahead of the clock is returned too: the coordinator's rules decide not to
+    /// build on it.)
     fn held_copy(&self, issue: &RemoteIssue) -> Option<PeerRecord> {
-        self.reader()
-            .trust
-            .parse_issue(issue)
-            .ok()
-            .flatten()
-            .filter(|r| !claims_future(r, unix_now()))
+        self.reader().trust.parse_issue(issue).ok().flatten()
     }
 
     /// [`Source::modify`], for a caller that holds the write lock.
@@ -405,6 +407,7 @@ impl GitHubIssuesSource {
             (Decision::Write(mut record), issue) => {
                 record.source = SOURCE.as_str().to_owned();
                 self.writes.ensure_left()?;
+                take_the_change()?;
                 let (modified, number) = match issue {
                     Some(issue) => {
                         self.write_over(&issue, &record).await?;
@@ -423,6 +426,7 @@ impl GitHubIssuesSource {
                 Ok(modified)
             }
             (Decision::Remove, Some(issue)) => {
+                take_the_change()?;
                 self.close_issue(&issue, "not_planned").await?;
                 lock(&self.issue_numbers).remove(peer_id);
                 Ok(Modified {
@@ -436,10 +440,19 @@ impl GitHubIssuesSource {
     }
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// Takes the caller's change before the first write request is sent: from here on the
+/// coordinator waits for the answer (bounded by the request timeouts) instead of giving
+/// up, so no answer says `timeout` for a write that lands. A change the caller has
+/// already given up on is never sent.
+fn take_the_change() -> Result<(), SourceError> {
+    if super::Commitment::current().take() {
+        Ok(())
+    } else {
+        Err(SourceError::Withdrawn {
+            after: Duration::ZERO,
+            waiting_on: "the caller gave up before the write was sent".into(),
+        })
+    }
 }
 
 #[async_trait]
@@ -489,7 +502,7 @@ impl Source for GitHubIssuesSource {
             // A record from the future is not to be trusted: it would outrank every honest
             // copy and never expire. Rejected before the merge, so it cannot win it; only
             // cleanup's scan asks for it, to close it.
-            if claims_future(record, hint.now) && !hint.stale_only {
+            if record.is_ahead_of_clock(hint.now) && !hint.stale_only {
                 rejected += 1;
                 tracing::warn!(
                     issue = number,
@@ -504,10 +517,8 @@ impl Source for GitHubIssuesSource {
                 .and_modify(|kept| *kept = crate::peer::newest(kept, record))
                 .or_insert(record);
         }
-        let matching: Vec<&PeerRecord> = by_peer
-            .into_values()
-            .filter(|r| hint.matches(r) || (hint.stale_only && claims_future(r, hint.now)))
-            .collect();
+        let matching: Vec<&PeerRecord> =
+            by_peer.into_values().filter(|r| hint.matches(r)).collect();
         Ok(Listing {
             matched: matching.len(),
             peers: crate::peer::top_ranked(matching.into_iter(), hint.limit),
@@ -532,7 +543,7 @@ impl Source for GitHubIssuesSource {
         let stale: Vec<(u64, String)> = listing
             .peers
             .iter()
-            .filter(|(_, r)| r.is_removed_by_cleanup(now) || claims_future(r, now))
+            .filter(|(_, r)| r.is_removed_by_cleanup(now))
             .map(|(n, r)| (*n, r.peer_id.clone()))
             .collect();
         if stale.is_empty() {

@@ -84,7 +84,7 @@ where
             (Some(Ok(answer)), Ok(())) => Ok(answer),
             // The batch could not be read, or its write failed: nothing of it is durable.
             (_, Err(e)) => Err(e),
-            (None, Ok(())) => Err(SourceError::Remote(
+            (None, Ok(())) => Err(SourceError::Internal(
                 "a registry change was never applied".to_owned(),
             )),
         };
@@ -132,7 +132,7 @@ impl LocalFileSource {
             Inner::start_writer(Arc::clone(&self.inner));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(SourceError::Remote(
+            Err(SourceError::Internal(
                 "the local file writer stopped before answering".to_owned(),
             ))
         })

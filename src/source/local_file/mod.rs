@@ -196,7 +196,7 @@ impl LocalFileSource {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || job(&inner))
             .await
-            .map_err(|e| SourceError::Remote(format!("local file task failed: {e}")))?
+            .map_err(|e| SourceError::Internal(format!("local file task failed: {e}")))?
     }
 }
 
@@ -468,6 +468,23 @@ mod tests {
         );
         assert!(!reg.unregister("ghost").await.expect("unregister"));
         assert!(!path.exists(), "nothing was written");
+    }
+
+    /// Unregister removes a value of the peer's id that breaks the format's rules (it is
+    /// not served, but it is the peer's), and says it removed something.
+    #[tokio::test]
+    async fn unregister_removes_an_unreadable_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.json");
+        fs::write(
+            &path,
+            r#"{"peers": {"broken": {"peer_id": "broken", "multiaddr": "not an address"}}, "last_cleanup": 0}"#,
+        )
+        .expect("seed");
+        let reg = LocalFileSource::open(&path).expect("open");
+        assert_eq!(reg.list_all(&all(1.0)).await.expect("list").rejected, 1);
+        assert!(reg.unregister("broken").await.expect("unregister"));
+        assert!(read_json(&path)["peers"].get("broken").is_none());
     }
 
     /// Two registries with separate handles, 200 registrations each at once: all 400 stay.
