@@ -48,9 +48,13 @@ impl PeerFilter {
     }
 
     pub fn matches(&self, record: &PeerRecord) -> bool {
-        self.admits(record.last_seen, record.expires_at(), || {
-            record.has_capabilities(&self.capabilities)
-        })
+        if self.stale_only {
+            return record.is_removed_by_cleanup(self.now);
+        }
+        !record.is_ahead_of_clock(self.now)
+            && self.admits(record.last_seen, record.expires_at(), || {
+                record.has_capabilities(&self.capabilities)
+            })
     }
 
     /// The same rule for a source that keeps an index rather than records: a record seen
@@ -119,16 +123,29 @@ pub fn top_ranked<'a>(
     records: impl Iterator<Item = &'a PeerRecord>,
     limit: Option<usize>,
 ) -> Vec<PeerRecord> {
-    let mut refs: Vec<&PeerRecord> = records.collect();
+    best_first(records.collect(), limit, |a, b| rank_order(a, b))
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+/// The best `limit` of `items` (all of them without a limit), best first, by `order`:
+/// the selection behind [`top_ranked`], for a source that ranks an index of its own
+/// with [`rank_key_order`] and copies only what it returns.
+pub fn best_first<T>(
+    mut items: Vec<T>,
+    limit: Option<usize>,
+    order: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<T> {
     if let Some(limit) = limit
-        && limit < refs.len()
+        && limit < items.len()
     {
         if limit == 0 {
             return Vec::new();
         }
-        refs.select_nth_unstable_by(limit - 1, |a, b| rank_order(a, b));
-        refs.truncate(limit);
+        items.select_nth_unstable_by(limit - 1, &order);
+        items.truncate(limit);
     }
-    refs.sort_unstable_by(|a, b| rank_order(a, b));
-    refs.into_iter().cloned().collect()
+    items.sort_unstable_by(&order);
+    items
 }

@@ -327,7 +327,7 @@ impl PeerTable {
         let Some(wanted) = wanted else {
             return (Vec::new(), 0);
         };
-        let mut hits: Vec<&Slot> = self
+        let hits: Vec<&Slot> = self
             .slots
             .iter()
             .filter(|slot| {
@@ -342,16 +342,7 @@ impl PeerTable {
         let order = |a: &&Slot, b: &&Slot| {
             crate::peer::rank_key_order((a.last_seen, self.key(a)), (b.last_seen, self.key(b)))
         };
-        if let Some(limit) = filter.limit
-            && limit < hits.len()
-        {
-            if limit == 0 {
-                return (Vec::new(), matched);
-            }
-            hits.select_nth_unstable_by(limit - 1, order);
-            hits.truncate(limit);
-        }
-        hits.sort_unstable_by(order);
+        let hits = crate::peer::best_first(hits, filter.limit, order);
         let records = hits
             .into_iter()
             .filter_map(|slot| self.parse(slot))
