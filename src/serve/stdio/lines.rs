@@ -22,9 +22,15 @@ pub(super) fn check_line(line: Vec<u8>) -> Incoming {
     let message = match serde_json::from_slice::<Value>(&line) {
         Ok(message) => message,
         Err(e) => {
+            // JSON-RPC 2.0: the id of a parse error is null. It is never guessed from the
+            // text: a truncated `{"id":1,"method":` may be cut from the client's real
+            // request 1, whose own answer would then look delivered.
             tracing::warn!(error = %e, "answered a line that is not JSON with a parse error");
-            let id = top_level_id(&line).unwrap_or(Value::Null);
-            return Incoming::Refused(error_line(id, -32700, &format!("Parse error: {e}")));
+            return Incoming::Refused(error_line(
+                Value::Null,
+                -32700,
+                &format!("Parse error: {e}"),
+            ));
         }
     };
     if let Some((id, code, reason)) = envelope_error(&message) {

@@ -5,10 +5,11 @@
 //! rmcp ignores a line that is not JSON (the client then waits forever), buffers a line of
 //! any length up to 16 MiB, spawns a task per request with no cap, and runs requests in
 //! whatever order its tasks finish. Here:
-//! - a line that is not JSON (or that rmcp's parser would refuse: numbers out of range,
-//!   nesting deeper than [`MAX_DEPTH`], an id that is neither a string nor an integer)
-//!   gets a JSON-RPC error (`-32700 Parse error`, `-32600`) carrying the request's id when
-//!   it can be read, else id null;
+//! - a line that is not JSON (or that rmcp's parser would refuse: numbers out of range)
+//!   gets `-32700 Parse error` with `"id": null`, as JSON-RPC 2.0 says (an id is never
+//!   guessed from text that did not parse); a message nested deeper than [`MAX_DEPTH`]
+//!   or whose envelope is malformed (an id that is neither a string nor an integer...)
+//!   gets `-32600` carrying its id when it can be read, else `"id": null`;
 //! - a line longer than the cap gets `-32600` naming the limit, with the request's id when
 //!   it can be read from the start of the line, and is discarded as it streams in, so no
 //!   input makes the server hold more than the cap in memory;
