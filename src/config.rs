@@ -2,6 +2,7 @@
 //! `--help`. The flags work with or without the `serve` subcommand, because MCP client
 //! configurations call `peer-discovery-mcp --registry-path FILE` directly.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -22,7 +23,10 @@ on stdin/stdout; logs go to stderr (set RUST_LOG, e.g. RUST_LOG=info). Records l
 JSON file shared by every server process on this machine.",
     after_help = "Run with no command to serve MCP on stdio (same as `serve`).\n\n\
 The GitHub source is on when --github-repo is set and a token is in GITHUB_TOKEN (or GH_TOKEN); \
-the token is read only from the environment, never from a flag, and never printed."
+the token is read only from the environment, never from a flag, and never printed.\n\n\
+With --http, every request to /mcp needs `Authorization: Bearer <token>` when \
+PEER_REGISTRY_HTTP_TOKEN is set (required for an address that is not loopback); GET /healthz \
+needs no token."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -75,6 +79,10 @@ pub struct Options {
     /// Every source's options, each in its own group (listed after these in --help).
     #[command(flatten)]
     pub sources: SourceOptions,
+
+    /// The streamable HTTP transport's options.
+    #[command(flatten)]
+    pub http: HttpOptions,
 }
 
 /// A number of seconds in (0, 3600], fractions allowed.
@@ -87,6 +95,48 @@ pub(crate) fn parse_timeout(text: &str) -> Result<f64, String> {
     } else {
         Err(format!("must be more than 0 and at most 3600 (got {text})"))
     }
+}
+
+/// Streamable HTTP: one server that many agents connect to, instead of stdio.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Streamable HTTP")]
+pub struct HttpOptions {
+    /// Serve MCP's streamable HTTP transport at http://ADDR/mcp instead of stdio, e.g.
+    /// 127.0.0.1:8750 (port 0 picks a free port; the address is printed on stderr as
+    /// `listening on http://HOST:PORT/mcp`). An address that is not loopback needs a token
+    /// in PEER_REGISTRY_HTTP_TOKEN.
+    #[arg(long, env = "PEER_REGISTRY_HTTP", value_name = "ADDR", global = true)]
+    pub http: Option<SocketAddr>,
+
+    /// More `Host` names to accept (comma-separated), besides loopback names and the bind
+    /// address, e.g. registry.example.org; other hosts get 403 (DNS rebinding).
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_HTTP_ALLOWED_HOSTS",
+        value_name = "HOST,...",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub http_allowed_hosts: Vec<String>,
+
+    /// More browser `Origin`s to accept (comma-separated, with scheme and port or `:*`,
+    /// e.g. https://app.example.org:443), besides loopback origins; others get 403.
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_HTTP_ALLOWED_ORIGINS",
+        value_name = "ORIGIN,...",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub http_allowed_origins: Vec<String>,
+}
+
+/// The HTTP bearer token from the environment (empty = unset); never a flag.
+pub fn http_token_from_env() -> Option<String> {
+    std::env::var("PEER_REGISTRY_HTTP_TOKEN")
+        .ok()
+        .map(|token| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
 }
 
 impl Options {

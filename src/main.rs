@@ -31,6 +31,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        // A client may close our stderr: a log line that cannot be written is dropped.
+        // (With internal errors on, tracing reports the failed write with `eprintln!`,
+        // which panics on a closed pipe and took the whole server down.)
+        .log_internal_errors(false)
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
@@ -62,7 +66,19 @@ fn main() -> ExitCode {
         }
     };
 
+    let http = cli.options.http.clone();
     let outcome = runtime.block_on(async {
+        if let Some(addr) = http.http {
+            let settings = peer_discovery_mcp::serve::http::HttpSettings {
+                addr,
+                allowed_hosts: http.http_allowed_hosts,
+                allowed_origins: http.http_allowed_origins,
+                token: peer_discovery_mcp::config::http_token_from_env(),
+            };
+            return peer_discovery_mcp::serve::http::run_http(coordinator, settings, terminated())
+                .await
+                .map(|()| rmcp::service::QuitReason::Cancelled);
+        }
         let (stdin, stdout) = rmcp::transport::stdio_pipes();
         peer_discovery_mcp::run(coordinator, stdin, stdout, terminated()).await
     });

@@ -24,13 +24,18 @@ async fn help_documents_every_flag() {
         .arg("--help")
         .env("GITHUB_TOKEN", "ghp_secret_in_help_test")
         .env("GH_TOKEN", "gh_secret_in_help_test")
+        .env("PEER_REGISTRY_HTTP_TOKEN", "http_secret_in_help_test")
         .output()
         .await
         .expect("run binary");
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).expect("utf-8");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for secret in ["ghp_secret_in_help_test", "gh_secret_in_help_test"] {
+    for secret in [
+        "ghp_secret_in_help_test",
+        "gh_secret_in_help_test",
+        "http_secret_in_help_test",
+    ] {
         assert!(
             !help.contains(secret) && !stderr.contains(secret),
             "--help shows the token {secret}:\n{help}{stderr}"
@@ -49,6 +54,13 @@ async fn help_documents_every_flag() {
         "--source-timeout",
         "PEER_REGISTRY_SOURCE_TIMEOUT",
         "[default: 10]",
+        "--http <ADDR>",
+        "PEER_REGISTRY_HTTP=",
+        "--http-allowed-hosts",
+        "PEER_REGISTRY_HTTP_ALLOWED_HOSTS",
+        "--http-allowed-origins",
+        "PEER_REGISTRY_HTTP_ALLOWED_ORIGINS",
+        "PEER_REGISTRY_HTTP_TOKEN",
         "serve",
     ] {
         assert!(

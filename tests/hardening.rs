@@ -469,3 +469,24 @@ async fn sigterm_exits_cleanly_with_everything_written() {
         );
     }
 }
+
+/// A client that closes the server's stderr: log lines that cannot be written are
+/// dropped, and the server goes on answering (it used to exit on the first warning,
+/// when tracing reported the failed write with a panicking `eprintln!`).
+#[tokio::test]
+async fn a_closed_stderr_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = support::command();
+    cmd.arg("--registry-path").arg(dir.path().join("r.json"));
+    let mut raw = support::RawSession::start_with_closed_stderr(cmd).await;
+    // Each of these logs a warning on the closed stderr.
+    raw.send_line("garbage").await;
+    raw.send_line("[1, 2]").await;
+    raw.send_line(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#)
+        .await;
+    raw.expect_id(&json!(5)).await;
+    assert!(
+        raw.child.try_wait().expect("status").is_none(),
+        "the server is still running"
+    );
+}

@@ -3,5 +3,8 @@
 //!
 //! - [`stdio`]: one client on stdin/stdout (what MCP clients start), behind a guard that
 //!   bounds lines, orders dependent calls and bounds the work in flight.
+//! - [`http`]: MCP's streamable HTTP transport, one server for many clients, with its
+//!   security checks (Host, Origin, bearer token, body cap, idle sessions).
 
+pub mod http;
 pub mod stdio;

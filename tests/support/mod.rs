@@ -215,15 +215,31 @@ impl RawSession {
     }
 
     /// Starts `cmd` (e.g. from [`github_command`]) and completes the MCP handshake.
-    pub async fn start_command(mut cmd: Command) -> RawSession {
+    pub async fn start_command(cmd: Command) -> RawSession {
+        RawSession::spawn(cmd, false).await
+    }
+
+    /// As [`RawSession::start_command`], with the server's stderr a pipe whose reading end
+    /// is closed at once (a client that does not keep the server's stderr).
+    pub async fn start_with_closed_stderr(cmd: Command) -> RawSession {
+        RawSession::spawn(cmd, true).await
+    }
+
+    async fn spawn(mut cmd: Command, closed_stderr: bool) -> RawSession {
         use tokio::io::AsyncBufReadExt;
+        let stderr = if closed_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn server");
+        drop(child.stderr.take());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout");
         let mut session = RawSession {

@@ -1,0 +1,184 @@
+//! MCP's streamable HTTP transport: one long-running server many agents connect to, on
+//! rmcp's `StreamableHttpService` mounted in axum at `/mcp`, with `GET /healthz` beside it.
+//!
+//! Safe by default: a loopback bind unless told otherwise, and a bind that is not loopback
+//! is refused without a bearer token; `Host` and `Origin` are checked against allow-lists
+//! (loopback plus what is configured; rmcp answers 403); with `PEER_REGISTRY_HTTP_TOKEN`
+//! set every `/mcp` request needs `Authorization: Bearer <token>` (compared in constant
+//! time, never logged; 401 otherwise); request bodies are capped at 1 MiB (413); idle
+//! sessions close after [`SESSION_IDLE`]. `/healthz` needs no token and reveals no peer.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::StartError;
+use crate::coordinator::Coordinator;
+use crate::mcp::PeerDiscoveryServer;
+use crate::serve::stdio::MAX_LINE_BYTES;
+
+/// A session with no request for this long is closed and its memory freed.
+pub const SESSION_IDLE: Duration = Duration::from_secs(300);
+
+/// What the HTTP server is told at start.
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+    /// `Host` values accepted besides loopback names and the bind address.
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` values accepted besides loopback origins.
+    pub allowed_origins: Vec<String>,
+    /// The bearer token every `/mcp` request must carry, when set.
+    pub token: Option<String>,
+}
+
+/// Serves MCP over streamable HTTP until `shutdown` resolves, with background cleanup
+/// running meanwhile; then stops accepting, ends every session and returns. Prints
+/// `listening on http://HOST:PORT/mcp` on stderr once bound (port 0 picks a free port).
+pub async fn run_http(
+    coordinator: Arc<Coordinator>,
+    settings: HttpSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    if !settings.addr.ip().is_loopback() && settings.token.is_none() {
+        return Err(StartError::Serve(format!(
+            "--http {} is not a loopback address: set PEER_REGISTRY_HTTP_TOKEN so that only clients with the token can use the registry",
+            settings.addr
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .map_err(|e| StartError::Serve(format!("cannot listen on {}: {e}", settings.addr)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| StartError::Serve(format!("cannot read the bound address: {e}")))?;
+    let stop = CancellationToken::new();
+    let router = router(
+        Arc::clone(&coordinator),
+        &settings,
+        bound,
+        stop.child_token(),
+    );
+    let _background = coordinator.start_background();
+    // The one line printed whatever the log level: scripts and tests read the address.
+    // Not `eprintln!`, which panics when stderr is closed.
+    let _ = writeln!(std::io::stderr(), "listening on http://{bound}/mcp");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested; ending the HTTP sessions");
+            stop.cancel();
+        })
+        .await
+        .map_err(|e| StartError::Serve(e.to_string()))
+}
+
+fn router(
+    coordinator: Arc<Coordinator>,
+    settings: &HttpSettings,
+    bound: SocketAddr,
+    stop: CancellationToken,
+) -> Router {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1", "[::1]"]
+        .map(String::from)
+        .to_vec();
+    if !bound.ip().is_loopback() && !bound.ip().is_unspecified() {
+        hosts.push(bound.ip().to_string());
+    }
+    hosts.extend(settings.allowed_hosts.iter().cloned());
+    let mut origins: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .flat_map(|h| [format!("http://{h}:*"), format!("https://{h}:*")])
+        .collect();
+    origins.extend(settings.allowed_origins.iter().cloned());
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_allowed_origins(origins)
+        .with_max_request_body_bytes(MAX_LINE_BYTES)
+        .with_cancellation_token(stop);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE);
+    let server_coordinator = Arc::clone(&coordinator);
+    let mcp = StreamableHttpService::new(
+        move || Ok(PeerDiscoveryServer::new(Arc::clone(&server_coordinator))),
+        Arc::new(sessions),
+        config,
+    );
+    let token: Option<Arc<[u8]>> = settings.token.as_deref().map(|t| t.as_bytes().into());
+    let guarded = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(token, require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(coordinator)
+        .merge(guarded)
+}
+
+/// 401 unless the request carries `Authorization: Bearer <token>` (when a token is set).
+async fn require_token(
+    State(token): State<Option<Arc<[u8]>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if bool::from(presented.ct_eq(&token)) {
+        return next.run(request).await;
+    }
+    let mut refused = (
+        StatusCode::UNAUTHORIZED,
+        "a bearer token is required: send Authorization: Bearer <the server's PEER_REGISTRY_HTTP_TOKEN>\n",
+    )
+        .into_response();
+    refused
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    refused
+}
+
+/// 200 while the local file is on, 503 otherwise; each source's state and its last
+/// error, never a peer.
+async fn healthz(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    let status = coordinator.status();
+    let local_file_on = status
+        .sources
+        .iter()
+        .any(|s| s.source.as_str() == "local_file" && s.enabled);
+    let sources: Vec<_> = status
+        .sources
+        .iter()
+        .map(|s| {
+            json!({
+                "source": s.source.as_str(),
+                "enabled": s.enabled,
+                "failures": s.stats.failures,
+                "last_error": s.stats.last_error,
+            })
+        })
+        .collect();
+    let code = if local_file_on {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({"ok": local_file_on, "sources": sources});
+    (code, axum::Json(body)).into_response()
+}

@@ -1,0 +1,257 @@
+//! The streamable HTTP transport, driven as its users would: the real binary started with
+//! `--http 127.0.0.1:0`, its address read from stderr, two rmcp streamable-HTTP clients in
+//! two sessions, and raw HTTP for what must be refused.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+use support::{call, ok};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Child;
+
+const TOKEN: &str = "s3cret-token-for-tests";
+
+/// A server on a free loopback port; killed when dropped.
+struct Server {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    addr: String,
+    /// Every line the server wrote on stderr so far.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn start(registry: &std::path::Path, token: Option<&str>, bind: &str) -> Server {
+    let mut cmd = support::command();
+    cmd.arg("--registry-path")
+        .arg(registry)
+        .args(["--http", bind, "--cleanup-interval", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(token) = token {
+        cmd.env("PEER_REGISTRY_HTTP_TOKEN", token);
+    }
+    let mut child = cmd.spawn().expect("spawn server");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut stderr = Vec::new();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            stderr.push(line.clone());
+            if let Some(rest) = line.strip_prefix("listening on http://") {
+                return Some(rest.trim_end_matches("/mcp").to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server printed its address in time")
+    .unwrap_or_else(|| panic!("no `listening on` line; stderr: {stderr:?}"));
+    // Keep reading stderr (its logs) for as long as the server runs, as a terminal would.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(stderr));
+    let drained = std::sync::Arc::clone(&log);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            drained.lock().expect("log").push(line);
+        }
+    });
+    Server {
+        child,
+        addr,
+        stderr: log,
+    }
+}
+
+/// One raw HTTP/1.1 exchange; the status code and the body. The request goes out in one
+/// write (a large body is refused before it is all read: a failed write is fine then).
+async fn raw(addr: &str, request_head: &str, body: &[u8]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "{request_head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?} for {request_head:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+fn post_mcp(host: &str, extra: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream{extra}"
+    )
+}
+
+const PING: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
+
+async fn client(addr: &str, token: &str) -> support::Client {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp"))
+            .auth_header(token),
+    );
+    ().serve(transport).await.expect("MCP handshake over HTTP")
+}
+
+/// Two agents in two sessions share one registry: what one registers the other finds,
+/// heartbeats and cleanup work, and every write reaches the shared file.
+#[tokio::test]
+async fn two_clients_share_one_registry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    let server = start(&registry, Some(TOKEN), "127.0.0.1:0").await;
+    let a = client(&server.addr, TOKEN).await;
+    let b = client(&server.addr, TOKEN).await;
+
+    let registered = call(
+        &a,
+        "register_peer",
+        json!({"peer_id": "agent-a", "multiaddr": "/ip4/192.0.2.1/tcp/4001", "capabilities": ["compute"], "ttl_seconds": 1}),
+    )
+    .await;
+    assert_eq!(ok(&registered)["created"], true);
+    call(
+        &b,
+        "register_peer",
+        json!({"peer_id": "agent-b", "multiaddr": "/ip4/192.0.2.2/tcp/4001", "capabilities": ["storage"]}),
+    )
+    .await;
+    let found = call(
+        &b,
+        "discover_peers",
+        json!({"capability_filter": ["compute"]}),
+    )
+    .await;
+    let ids: Vec<&str> = ok(&found)["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(|p| p["peer_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["agent-a"], "b sees a's peer");
+    let beat = call(&a, "update_peer", json!({"peer_id": "agent-b"})).await;
+    assert_eq!(ok(&beat)["peer"]["peer_id"], "agent-b");
+
+    // agent-a's lease of 1 s ends; cleanup through the other session removes it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cleaned = call(&b, "cleanup_expired_peers", json!({})).await;
+    assert_eq!(ok(&cleaned)["removed_peer_ids"], json!(["agent-a"]));
+    let gone = call(&a, "unregister_peer", json!({"peer_id": "agent-b"})).await;
+    assert_eq!(ok(&gone)["removed"], true);
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(&registry).expect("registry file")).expect("json");
+    assert_eq!(file["peers"], json!({}));
+    a.cancel().await.expect("close a");
+    b.cancel().await.expect("close b");
+    let log = server.stderr.lock().expect("log").clone();
+    assert!(log.iter().all(|l| !l.contains(TOKEN)), "{log:?}");
+}
+
+/// No token, a wrong token, a foreign Host, a foreign Origin and an oversized body are
+/// refused (401, 401, 403, 403, 413) and change nothing; /healthz needs no token and
+/// shows no peer.
+#[tokio::test]
+async fn refusals_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    let server = start(&registry, Some(TOKEN), "127.0.0.1:0").await;
+    let addr = server.addr.as_str();
+    let bearer = format!("\r\nauthorization: Bearer {TOKEN}");
+
+    let (status, body) = raw(addr, &post_mcp(addr, ""), PING).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = raw(
+        addr,
+        &post_mcp(addr, "\r\nauthorization: Bearer nope"),
+        PING,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = raw(addr, &post_mcp("evil.example", &bearer), PING).await;
+    assert_eq!(status, 403, "a foreign Host is DNS rebinding");
+    let origin = format!("{bearer}\r\norigin: https://evil.example");
+    let (status, _) = raw(addr, &post_mcp(addr, &origin), PING).await;
+    assert_eq!(status, 403, "a foreign Origin");
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"register_peer","arguments":{{"peer_id":"{}"}}}}}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (status, _) = raw(addr, &post_mcp(addr, &bearer), huge.as_bytes()).await;
+    assert_eq!(status, 413, "a body over 1 MiB");
+    // With the token, from loopback, the same request is served.
+    let (status, body) = raw(addr, &post_mcp(addr, &bearer), PING).await;
+    assert_eq!(status, 200, "{body}");
+
+    let a = client(addr, TOKEN).await;
+    call(
+        &a,
+        "register_peer",
+        json!({"peer_id": "secret-agent", "multiaddr": "/ip4/192.0.2.9/tcp/1"}),
+    )
+    .await;
+    let (status, body) = raw(addr, "GET /healthz HTTP/1.1\r\nhost: probe.internal", b"").await;
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).expect("healthz JSON");
+    assert_eq!(health["ok"], true);
+    assert!(!body.contains("secret-agent"), "{body}");
+    a.cancel().await.expect("close");
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(&registry).expect("registry file")).expect("json");
+    let peers: Vec<&String> = file["peers"].as_object().expect("peers").keys().collect();
+    assert_eq!(peers, ["secret-agent"], "only the authorized call wrote");
+}
+
+/// A bind that is not loopback without a token is refused at start with one line.
+#[tokio::test]
+async fn a_public_bind_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = support::command()
+        .arg("--registry-path")
+        .arg(dir.path().join("r.json"))
+        .args(["--http", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("PEER_REGISTRY_HTTP_TOKEN"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+/// SIGTERM stops the server cleanly (exit 0).
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_stops_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start(&dir.path().join("r.json"), None, "127.0.0.1:0").await;
+    let pid = server.child.id().expect("pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}
