@@ -129,6 +129,28 @@ pub struct HttpOptions {
         value_delimiter = ','
     )]
     pub http_allowed_origins: Vec<String>,
+
+    /// Most MCP sessions open at once; a client that would open one more gets 503.
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_HTTP_MAX_SESSIONS",
+        value_name = "COUNT",
+        global = true,
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u64).range(1..=100_000)
+    )]
+    pub http_max_sessions: u64,
+
+    /// Seconds after which a session with no request is closed and its memory freed.
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_HTTP_SESSION_IDLE",
+        value_name = "SECONDS",
+        global = true,
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub http_session_idle: u64,
 }
 
 /// The HTTP bearer token from the environment (empty = unset); never a flag.

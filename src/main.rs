@@ -74,6 +74,8 @@ fn main() -> ExitCode {
                 allowed_hosts: http.http_allowed_hosts,
                 allowed_origins: http.http_allowed_origins,
                 token: peer_discovery_mcp::config::http_token_from_env(),
+                max_sessions: http.http_max_sessions as usize,
+                session_idle: Duration::from_secs(http.http_session_idle),
             };
             return peer_discovery_mcp::serve::http::run_http(coordinator, settings, terminated())
                 .await

@@ -60,6 +60,11 @@ async fn help_documents_every_flag() {
         "PEER_REGISTRY_HTTP_ALLOWED_HOSTS",
         "--http-allowed-origins",
         "PEER_REGISTRY_HTTP_ALLOWED_ORIGINS",
+        "--http-max-sessions",
+        "PEER_REGISTRY_HTTP_MAX_SESSIONS",
+        "[default: 256]",
+        "--http-session-idle",
+        "PEER_REGISTRY_HTTP_SESSION_IDLE",
         "PEER_REGISTRY_HTTP_TOKEN",
         "serve",
     ] {

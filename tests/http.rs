@@ -27,10 +27,20 @@ struct Server {
 }
 
 async fn start(registry: &std::path::Path, token: Option<&str>, bind: &str) -> Server {
+    start_with(registry, token, bind, &[]).await
+}
+
+async fn start_with(
+    registry: &std::path::Path,
+    token: Option<&str>,
+    bind: &str,
+    extra: &[&str],
+) -> Server {
     let mut cmd = support::command();
     cmd.arg("--registry-path")
         .arg(registry)
         .args(["--http", bind, "--cleanup-interval", "0"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -254,4 +264,27 @@ async fn sigterm_stops_the_server() {
         .expect("exits after SIGTERM")
         .expect("wait");
     assert!(status.success(), "{status:?}");
+}
+
+/// Past `--http-max-sessions`, a client that would open a session gets 503; the open
+/// session goes on working.
+#[tokio::test]
+async fn sessions_are_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with(
+        &dir.path().join("r.json"),
+        Some(TOKEN),
+        "127.0.0.1:0",
+        &["--http-max-sessions", "1"],
+    )
+    .await;
+    let addr = server.addr.as_str();
+    let first = client(addr, TOKEN).await;
+    let bearer = format!("\r\nauthorization: Bearer {TOKEN}");
+    let (status, body) = raw(addr, &post_mcp(addr, &bearer), PING).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--http-max-sessions"), "{body}");
+    let found = call(&first, "discover_peers", json!({})).await;
+    assert_eq!(ok(&found)["total_matched"], 0);
+    first.cancel().await.expect("close");
 }

@@ -5,8 +5,9 @@
 //! is refused without a bearer token; `Host` and `Origin` are checked against allow-lists
 //! (loopback plus what is configured; rmcp answers 403); with `PEER_REGISTRY_HTTP_TOKEN`
 //! set every `/mcp` request needs `Authorization: Bearer <token>` (compared in constant
-//! time, never logged; 401 otherwise); request bodies are capped at 1 MiB (413); idle
-//! sessions close after [`SESSION_IDLE`]. `/healthz` needs no token and reveals no peer.
+//! time, never logged; 401 otherwise); request bodies are capped at 1 MiB (413); at most
+//! `--http-max-sessions` sessions are open at once (503 past it) and a session idle for
+//! `--http-session-idle` is closed. `/healthz` needs no token and reveals no peer.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,9 +31,6 @@ use crate::coordinator::Coordinator;
 use crate::mcp::PeerDiscoveryServer;
 use crate::serve::stdio::MAX_LINE_BYTES;
 
-/// A session with no request for this long is closed and its memory freed.
-pub const SESSION_IDLE: Duration = Duration::from_secs(300);
-
 /// What the HTTP server is told at start.
 pub struct HttpSettings {
     pub addr: SocketAddr,
@@ -42,6 +40,10 @@ pub struct HttpSettings {
     pub allowed_origins: Vec<String>,
     /// The bearer token every `/mcp` request must carry, when set.
     pub token: Option<String>,
+    /// Most sessions open at once; a new one past it is refused (503).
+    pub max_sessions: usize,
+    /// A session with no request for this long is closed and its memory freed.
+    pub session_idle: Duration,
 }
 
 /// Serves MCP over streamable HTTP until `shutdown` resolves, with background cleanup
@@ -109,21 +111,57 @@ fn router(
         .with_max_request_body_bytes(MAX_LINE_BYTES)
         .with_cancellation_token(stop);
     let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = Some(SESSION_IDLE);
+    sessions.session_config.keep_alive = Some(settings.session_idle);
+    let sessions = Arc::new(sessions);
     let server_coordinator = Arc::clone(&coordinator);
     let mcp = StreamableHttpService::new(
         move || Ok(PeerDiscoveryServer::new(Arc::clone(&server_coordinator))),
-        Arc::new(sessions),
+        Arc::clone(&sessions),
         config,
     );
     let token: Option<Arc<[u8]>> = settings.token.as_deref().map(|t| t.as_bytes().into());
+    let cap = SessionCap {
+        sessions,
+        max: settings.max_sessions,
+    };
+    // Outermost first: the token, then the session cap, then rmcp.
     let guarded = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(cap, cap_sessions))
         .layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .with_state(coordinator)
         .merge(guarded)
+}
+
+/// The open sessions and how many may be open at once.
+#[derive(Clone)]
+struct SessionCap {
+    sessions: Arc<LocalSessionManager>,
+    max: usize,
+}
+
+/// 503 for a request that would open a session (one without `Mcp-Session-Id`) while
+/// `max` sessions are open; requests of open sessions always pass.
+async fn cap_sessions(State(cap): State<SessionCap>, request: Request, next: Next) -> Response {
+    let opens_one = request.method() == axum::http::Method::POST
+        && !request.headers().contains_key("mcp-session-id");
+    if opens_one && cap.sessions.sessions.read().await.len() >= cap.max {
+        tracing::warn!(
+            max = cap.max,
+            "refused a new session: the session cap is reached"
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server has {} sessions open, its cap (--http-max-sessions); close one or retry later\n",
+                cap.max
+            ),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// 401 unless the request carries `Authorization: Bearer <token>` (when a token is set).
