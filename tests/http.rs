@@ -288,3 +288,36 @@ async fn sessions_are_capped() {
     assert_eq!(ok(&found)["total_matched"], 0);
     first.cancel().await.expect("close");
 }
+
+/// A client that opens a session and goes away without closing it does not hold its
+/// place for ever: after `--http-session-idle` the session is closed, and a new client
+/// gets in under a cap of one.
+#[tokio::test]
+async fn an_abandoned_session_is_freed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with(
+        &dir.path().join("r.json"),
+        Some(TOKEN),
+        "127.0.0.1:0",
+        &["--http-max-sessions", "1", "--http-session-idle", "1"],
+    )
+    .await;
+    let addr = server.addr.as_str();
+    let bearer = format!("\r\nauthorization: Bearer {TOKEN}");
+    // Opens a session (initialize) and leaves: no DELETE, the connection just closes.
+    let (status, body) = raw(addr, &post_mcp(addr, &bearer), PING).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = raw(addr, &post_mcp(addr, &bearer), PING).await;
+    assert_eq!(status, 503, "the abandoned session still counts");
+    let mut freed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, _) = raw(addr, &post_mcp(addr, &bearer), PING).await;
+        if status == 200 {
+            freed = true;
+            break;
+        }
+        assert_eq!(status, 503);
+    }
+    assert!(freed, "the idle session was never closed");
+}
