@@ -32,6 +32,17 @@ async fn answered(client: &support::Client, tool: &str, args: Value) -> Value {
 }
 
 /// The GitHub listing requests the fake received.
+/// The GitHub outcome of `found` has `status` and a detail that mentions `text`.
+fn github_outcome_says(found: &Value, status: &str, text: &str) {
+    let github = &found["outcomes"]["github"];
+    assert_eq!(github["status"], status, "{found}");
+    let detail = github["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains(text),
+        "the detail does not say {text:?}: {github}"
+    );
+}
+
 fn listing_requests(fake: &FakeGitHub) -> Vec<support::fake_github::LoggedRequest> {
     fake.requests()
         .into_iter()
@@ -114,15 +125,7 @@ async fn an_endless_body_is_cut_at_the_cap() {
     let client = ().serve(transport).await.expect("handshake");
     fake.inject(Fault::endless_body().method("GET").path(ISSUES));
     let found = answered(&client, "discover_peers", json!({})).await;
-    let github = &found["outcomes"]["github"];
-    assert_eq!(github["status"], "error", "{found}");
-    assert!(
-        github["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("larger than 8 MiB"),
-        "{github}"
-    );
+    github_outcome_says(&found, "error", "larger than 8 MiB");
     assert_eq!(listing_requests(&fake).len(), 1);
     let peak = peak_rss_kib(pid);
     eprintln!("peak RSS of the server after an endless body: {} KiB", peak);
@@ -145,15 +148,7 @@ async fn a_link_back_to_a_read_page_stops_the_listing() {
             .times(100_000),
     );
     let found = answered(&client, "discover_peers", json!({})).await;
-    let github = &found["outcomes"]["github"];
-    assert_eq!(github["status"], "error", "{found}");
-    assert!(
-        github["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("links back to a page already read"),
-        "{github}"
-    );
+    github_outcome_says(&found, "error", "links back to a page already read");
     // The first page, then its own URL once (the first request has no `page=1`).
     let requests = listing_requests(&fake);
     assert!(requests.len() <= 2, "{} listing requests", requests.len());
@@ -180,15 +175,7 @@ async fn endless_next_links_stop_at_one_hundred_pages() {
             .times(100_000),
     );
     let found = answered(&client, "discover_peers", json!({})).await;
-    let github = &found["outcomes"]["github"];
-    assert_eq!(github["status"], "error", "{found}");
-    assert!(
-        github["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("more than 100 pages"),
-        "{github}"
-    );
+    github_outcome_says(&found, "error", "more than 100 pages");
     assert_eq!(listing_requests(&fake).len(), 100);
     client.cancel().await.expect("shutdown");
 }
@@ -222,12 +209,8 @@ async fn the_request_timeout_ends_a_hung_request() {
             .delay(Duration::from_secs(300)),
     );
     let found = answered(&client, "discover_peers", json!({})).await;
-    let github = &found["outcomes"]["github"];
-    assert_eq!(github["status"], "timeout", "{found}");
-    assert!(
-        github["detail"].as_str().unwrap_or("").contains("500ms"),
-        "the request timeout, not the source timeout, ended it: {github}"
-    );
+    // The request timeout, not the source timeout, ended it.
+    github_outcome_says(&found, "timeout", "500ms");
     assert_eq!(found["outcomes"]["local_file"]["status"], "ok");
 
     let again = answered(&client, "discover_peers", json!({"sources": ["github"]})).await;
