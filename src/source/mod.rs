@@ -274,8 +274,6 @@ pub struct Abilities {
     /// Each write costs quota or time (GitHub's content limits): the coordinator coalesces
     /// heartbeats to it ([`crate::coordinator::policy::heartbeat_can_wait`]).
     pub costly_writes: bool,
-    /// It can tell about changes made by others as they happen.
-    pub watches: bool,
 }
 
 /// What to do with the copy a source holds of one peer, decided by the coordinator.
@@ -367,5 +365,14 @@ pub trait Source: Send + Sync {
     /// a corrupt file kept aside). Each notice is returned once.
     fn take_notices(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// A signal that the store may have changed through someone else (another process
+    /// on the same file, another server on the same etcd): the value counts changes, and
+    /// a receiver wakes on each (`changed().await`); the change feed then scans the source
+    /// and compares. `None`: the source cannot tell, and its changes are seen when it is
+    /// next read. Called once, when the change feed starts.
+    fn watch_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 }
