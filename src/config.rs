@@ -151,6 +151,21 @@ pub struct HttpOptions {
         value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub http_session_idle: u64,
+
+    /// Seconds a plain request may take, from its first byte to the last byte of its
+    /// answer, so that slow or stalled clients cannot pin the server; past it the request
+    /// is cut (a body still arriving gets 408, an answer not started gets a JSON-RPC error,
+    /// a streamed answer ends). A `peer_changes` long poll gets its wait on top;
+    /// subscription streams are not limited (they end with their session).
+    #[arg(
+        long,
+        env = "PEER_REGISTRY_HTTP_HOLD_LIMIT",
+        value_name = "SECONDS",
+        global = true,
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    pub http_hold_limit: u64,
 }
 
 /// The HTTP bearer token from the environment (empty = unset); never a flag.

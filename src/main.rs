@@ -76,6 +76,7 @@ fn main() -> ExitCode {
                 token: peer_discovery_mcp::config::http_token_from_env(),
                 max_sessions: http.http_max_sessions as usize,
                 session_idle: Duration::from_secs(http.http_session_idle),
+                hold_limit: Duration::from_secs(http.http_hold_limit),
             };
             return peer_discovery_mcp::serve::http::run_http(coordinator, settings, terminated())
                 .await

@@ -219,6 +219,54 @@ async fn bad_arguments_are_tool_errors_and_change_nothing() {
     client.cancel().await.expect("shutdown");
 }
 
+/// An error whose request id could not be read follows the protocol the client speaks:
+/// before any handshake `"id": null` (JSON-RPC 2.0), and once the client speaks
+/// 2026-07-28 (inline negotiation, `server/discover`) no `id` member at all (MCP's rule).
+/// After an `initialize` it is `null` again (see the garbage test below). A parse error's
+/// id is never guessed from the text.
+#[tokio::test]
+async fn an_unreadable_id_follows_the_negotiated_protocol() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = support::command();
+    cmd.arg("--registry-path").arg(dir.path().join("r.json"));
+    let mut raw = support::RawSession::start_bare(cmd).await;
+    let truncated = r#"{"jsonrpc":"2.0","id":1,"method":"#;
+
+    raw.send_line(truncated).await;
+    let answer = raw.next().await.expect("an answer");
+    assert_eq!(answer["error"]["code"], -32700, "{answer}");
+    assert_eq!(answer.get("id"), Some(&Value::Null), "{answer}");
+
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+    raw.send_line(&format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"server/discover","params":{{{meta}}}}}"#
+    ))
+    .await;
+    let discovered = raw.expect_id(&json!(2)).await;
+    assert!(
+        discovered["result"]["supportedVersions"].is_array(),
+        "{discovered}"
+    );
+
+    for (line, code) in [
+        (truncated, -32700),
+        ("[1]", -32600),
+        (r#"{"foo":1}"#, -32600),
+    ] {
+        raw.send_line(line).await;
+        let answer = raw.next().await.expect("an answer");
+        assert_eq!(answer["error"]["code"], code, "{line}: {answer}");
+        assert!(answer.get("id").is_none(), "{line}: {answer}");
+    }
+    // A readable id is still echoed, and calls go on working.
+    raw.send_line(&format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"discover_peers","arguments":{{}},{meta}}}}}"#
+    ))
+    .await;
+    let found = raw.expect_id(&json!(3)).await;
+    assert_eq!(found["result"]["isError"], false, "{found}");
+}
+
 /// Garbage on stdin never kills the server: a line that is not JSON gets a parse error
 /// (-32700, id null), JSON that is not JSON-RPC and batches get -32600, and everything
 /// on stdout is JSON.

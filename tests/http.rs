@@ -321,3 +321,221 @@ async fn an_abandoned_session_is_freed() {
     }
     assert!(freed, "the idle session was never closed");
 }
+
+/// The `_meta` a protocol 2026-07-28 request carries, and the headers that go with it:
+/// such a request needs no session (the stateless mode).
+const MODERN_META: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+
+fn post_modern(addr: &str, tool: &str) -> String {
+    post_mcp(
+        addr,
+        &format!(
+            "\r\nmcp-protocol-version: 2026-07-28\r\nmcp-method: tools/call\r\nmcp-name: {tool}"
+        ),
+    )
+}
+
+/// A stateless (protocol 2026-07-28) tools/call, answered without any session.
+fn modern_call(id: u64, tool: &str, arguments: Value) -> Vec<u8> {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments},{MODERN_META}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// The one JSON-RPC message of an answer body, sent as JSON or as one SSE event.
+fn answer_of(body: &str) -> Value {
+    let json = body
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or(body)
+        .trim();
+    // A chunked body has its chunk sizes around the JSON.
+    let start = json
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in {body:?}"));
+    let end = json.rfind('}').expect("end of JSON");
+    serde_json::from_str(&json[start..=end]).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+/// JSON-RPC errors travel as JSON-RPC bodies, and an error whose request id could not be
+/// read follows the client's protocol: `"id": null` without a protocol header and up to
+/// 2025-11-25 (JSON-RPC 2.0), no `id` from 2026-07-28 (MCP). A parse error's id is never
+/// guessed from the text. A stateless 2026-07-28 call is served without a session.
+#[tokio::test]
+async fn jsonrpc_errors_follow_the_clients_protocol() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(&dir.path().join("r.json"), None, "127.0.0.1:0").await;
+    let addr = server.addr.as_str();
+    let truncated = br#"{"jsonrpc":"2.0","id":1,"method":"#;
+
+    for (extra, id_member) in [
+        ("", true),
+        ("\r\nmcp-protocol-version: 2025-11-25", true),
+        ("\r\nmcp-protocol-version: 2026-07-28", false),
+    ] {
+        let (status, body) = raw(addr, &post_mcp(addr, extra), truncated).await;
+        assert_eq!(status, 400, "{body}");
+        let answer = answer_of(&body);
+        assert_eq!(answer["error"]["code"], -32700, "{extra:?}: {answer}");
+        assert_eq!(answer.get("id").is_some(), id_member, "{extra:?}: {answer}");
+        assert_eq!(answer["id"], Value::Null, "never guessed: {answer}");
+
+        let (status, body) = raw(addr, &post_mcp(addr, extra), b"[1]").await;
+        assert_eq!(status, 400, "{body}");
+        let answer = answer_of(&body);
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        assert_eq!(answer.get("id").is_some(), id_member, "{extra:?}: {answer}");
+    }
+    // A malformed envelope with a readable id is answered with it.
+    let (status, body) = raw(
+        addr,
+        &post_mcp(addr, ""),
+        br#"{"jsonrpc":"1.0","id":14,"method":"ping"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(answer_of(&body)["id"], 14);
+
+    // Stateless: one request, no session, answered in full.
+    let (status, body) = raw(
+        addr,
+        &post_modern(addr, "discover_peers"),
+        &modern_call(3, "discover_peers", json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = answer_of(&body);
+    assert_eq!(answer["id"], 3);
+    assert_eq!(
+        answer["result"]["structuredContent"]["total_matched"], 0,
+        "{answer}"
+    );
+}
+
+/// A plain request held past `--http-hold-limit` (here a write waiting for a registry lock
+/// another process holds, under a long source timeout) is cut: its client gets a
+/// JSON-RPC error for that request within the limit, not after the source timeout, and
+/// the server goes on answering.
+#[tokio::test]
+async fn a_request_held_past_the_hold_limit_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    let server = start_with(
+        &registry,
+        None,
+        "127.0.0.1:0",
+        &["--http-hold-limit", "1", "--source-timeout", "30"],
+    )
+    .await;
+    let addr = server.addr.as_str();
+    // flock locks belong to an open file: this handle conflicts with the server's.
+    let holder = std::fs::File::open(dir.path()).expect("folder");
+    holder.lock().expect("hold the lock");
+
+    let started = std::time::Instant::now();
+    let (status, body) = raw(
+        addr,
+        &post_modern(addr, "register_peer"),
+        &modern_call(
+            4,
+            "register_peer",
+            json!({"peer_id": "waits", "multiaddr": "/ip4/192.0.2.1/tcp/1"}),
+        ),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "held {took:?}");
+    assert_eq!(status, 200, "{body}");
+    let answer = answer_of(&body);
+    assert_eq!(answer["id"], 4, "{answer}");
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("hold limit")),
+        "{answer}"
+    );
+    // Reads do not need the lock: the server answers while it is still held.
+    let (status, body) = raw(
+        addr,
+        &post_modern(addr, "discover_peers"),
+        &modern_call(5, "discover_peers", json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answer_of(&body)["id"], 5);
+    holder.unlock().expect("release");
+}
+
+/// A client that sends its headers and then trickles (or stops sending) its body is cut
+/// with 408 at the hold limit; it does not keep a task waiting.
+#[tokio::test]
+async fn a_body_that_never_arrives_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start_with(
+        &dir.path().join("r.json"),
+        None,
+        "127.0.0.1:0",
+        &["--http-hold-limit", "1"],
+    )
+    .await;
+    let addr = server.addr.as_str();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{}\r\ncontent-length: 1000\r\nconnection: close\r\n\r\n{{\"jsonrpc\":",
+        post_mcp(addr, "")
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server cut the request within the hold limit");
+    read.expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("hold limit"), "{text}");
+}
+
+/// `/healthz` is 503 while the local file cannot be used (here its path became a folder)
+/// and shows the error; 200 again once a call succeeds.
+#[tokio::test]
+async fn healthz_reports_a_failing_local_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    let server = start(&registry, None, "127.0.0.1:0").await;
+    let addr = server.addr.as_str();
+    let discover = |id| modern_call(id, "discover_peers", json!({}));
+    let health = || raw(addr, "GET /healthz HTTP/1.1\r\nhost: probe.internal", b"");
+
+    let (status, body) = raw(addr, &post_modern(addr, "discover_peers"), &discover(1)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = health().await;
+    assert_eq!(status, 200, "{body}");
+
+    std::fs::create_dir(&registry).expect("a folder where the file goes");
+    let (_, body) = raw(addr, &post_modern(addr, "discover_peers"), &discover(2)).await;
+    let answer = answer_of(&body);
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    assert!(
+        answer["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("local_file: error")),
+        "{answer}"
+    );
+    let (status, body) = health().await;
+    assert_eq!(status, 503, "{body}");
+    let report: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(report["ok"], false);
+    let local = report["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["source"] == "local_file"))
+        .expect("local_file in the report");
+    assert_eq!(local["last_call_failed"], true, "{body}");
+    assert!(local["last_error"].is_string(), "{body}");
+
+    std::fs::remove_dir(&registry).expect("the folder goes");
+    raw(addr, &post_modern(addr, "discover_peers"), &discover(3)).await;
+    let (status, body) = health().await;
+    assert_eq!(status, 200, "{body}");
+}

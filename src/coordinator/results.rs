@@ -276,6 +276,10 @@ pub struct SourceStats {
     pub mean_latency_ms: f64,
     #[serde(skip)]
     pub(crate) total_latency: std::time::Duration,
+    /// Whether the latest call failed (what `/healthz` reports; not part of the tools'
+    /// answers).
+    #[serde(skip)]
+    pub last_call_failed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]

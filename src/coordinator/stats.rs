@@ -24,6 +24,7 @@ impl StatsBook {
         entry.calls += 1;
         entry.total_latency += took;
         entry.mean_latency_ms = entry.total_latency.as_secs_f64() * 1000.0 / entry.calls as f64;
+        entry.last_call_failed = error.is_some();
         if let Some(e) = error {
             entry.failures += 1;
             entry.last_error = Some(e.to_string());

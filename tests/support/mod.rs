@@ -225,7 +225,24 @@ impl RawSession {
         RawSession::spawn(cmd, true).await
     }
 
-    async fn spawn(mut cmd: Command, closed_stderr: bool) -> RawSession {
+    /// Starts `cmd` without any handshake: the client speaks first, as it chooses.
+    pub async fn start_bare(cmd: Command) -> RawSession {
+        RawSession::launch(cmd, false)
+    }
+
+    async fn spawn(cmd: Command, closed_stderr: bool) -> RawSession {
+        let mut session = RawSession::launch(cmd, closed_stderr);
+        session
+            .send_line(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#)
+            .await;
+        session.expect_id(&serde_json::json!(0)).await;
+        session
+            .send_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        session
+    }
+
+    fn launch(mut cmd: Command, closed_stderr: bool) -> RawSession {
         use tokio::io::AsyncBufReadExt;
         let stderr = if closed_stderr {
             Stdio::piped()
@@ -242,19 +259,11 @@ impl RawSession {
         drop(child.stderr.take());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout");
-        let mut session = RawSession {
+        RawSession {
             child,
             stdin,
             lines: tokio::io::BufReader::new(stdout).lines(),
-        };
-        session
-            .send_line(r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#)
-            .await;
-        session.expect_id(&serde_json::json!(0)).await;
-        session
-            .send_line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
-            .await;
-        session
+        }
     }
 
     pub async fn send_line(&mut self, line: &str) {

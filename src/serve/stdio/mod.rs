@@ -7,7 +7,7 @@
 //! whatever order its tasks finish. Here:
 //! - a line that is not JSON (or that rmcp's parser would refuse: numbers out of range)
 //!   gets `-32700 Parse error` with `"id": null`, as JSON-RPC 2.0 says (an id is never
-//!   guessed from text that did not parse); a message nested deeper than [`MAX_DEPTH`]
+//!   guessed from text that did not parse); a message nested deeper than [`crate::serve::jsonrpc::MAX_DEPTH`]
 //!   or whose envelope is malformed (an id that is neither a string nor an integer...)
 //!   gets `-32600` carrying its id when it can be read, else `"id": null`;
 //! - a line longer than the cap gets `-32600` naming the limit, with the request's id when
@@ -49,15 +49,12 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use lines::{Line, check_line, error_line, read_bounded_line, top_level_id};
+use crate::serve::jsonrpc::{Negotiated, error_message, restore_null_id, top_level_id};
+use lines::{Line, check_line, json_line, read_bounded_line};
 use order::{Access, IdKey, Order, response_id};
 
 /// Longest request line accepted: ample for any valid call (metadata stops at 4 KiB).
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
-
-/// Deepest nesting accepted. rmcp's parser stops at 128 levels and then drops the line
-/// without an answer; this answers first.
-pub const MAX_DEPTH: usize = 100;
 
 /// Size of the in-memory pipe between the guard and rmcp.
 const PIPE_BYTES: usize = 1024 * 1024;
@@ -150,6 +147,7 @@ where
     let (lines, incoming) = mpsc::channel::<Incoming>(4);
     let (answered, answers) = mpsc::unbounded_channel::<IdKey>();
     let (stop, stopped) = oneshot::channel();
+    let negotiated = Negotiated::default();
 
     let outbound = tokio::spawn(async move {
         let mut output = output;
@@ -163,6 +161,7 @@ where
     // Reads rmcp's answers: each response releases its request, then waits its turn for
     // stdout. While the queue is full nothing is released, so the dispatcher stops reading.
     let answers_out = out.clone();
+    let answers_negotiated = negotiated.clone();
     tokio::spawn(async move {
         let mut from_rmcp = BufReader::new(from_rmcp);
         let mut client_gone = false;
@@ -174,6 +173,7 @@ where
                     if let Some(id) = response_id(&line) {
                         let _ = answered.send(id);
                     }
+                    fix_unknown_id(&mut line, &answers_negotiated);
                     // Once the client is gone, keep draining rmcp so that it is never
                     // blocked on a pipe nobody reads.
                     if !client_gone && answers_out.send(line).await.is_err() {
@@ -184,13 +184,19 @@ where
         }
     });
 
-    let reader = tokio::spawn(read_requests(input, limits.max_line, lines));
+    let reader = tokio::spawn(read_requests(
+        input,
+        limits.max_line,
+        negotiated.clone(),
+        lines,
+    ));
     let dispatcher = tokio::spawn(dispatch(
         incoming,
         answers,
         stopped,
         to_rmcp,
         out,
+        negotiated,
         limits.clone(),
     ));
 
@@ -230,6 +236,7 @@ enum Incoming {
 async fn read_requests<R: AsyncRead + Unpin>(
     input: R,
     max_line: usize,
+    negotiated: Negotiated,
     lines: mpsc::Sender<Incoming>,
 ) {
     let mut input = BufReader::with_capacity(64 * 1024, input);
@@ -240,7 +247,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                check_line(line)
+                check_line(line, &negotiated)
             }
             Ok(Line::TooLong { head, length }) => {
                 tracing::warn!(length, "refused a request line over the size limit");
@@ -248,7 +255,8 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 let message = format!(
                     "request too large: the line is {length} bytes; the limit is {max_line}"
                 );
-                Incoming::Refused(error_line(id, -32600, &message))
+                let error = error_message(id, -32600, &message, negotiated.unknown_id());
+                Incoming::Refused(json_line(&error))
             }
         };
         if lines.send(incoming).await.is_err() {
@@ -266,6 +274,7 @@ async fn dispatch<T: AsyncWrite + Unpin>(
     mut stopped: oneshot::Receiver<()>,
     mut to_rmcp: T,
     out: mpsc::Sender<Vec<u8>>,
+    negotiated: Negotiated,
     limits: Limits,
 ) {
     let mut order = Order::default();
@@ -312,7 +321,9 @@ async fn dispatch<T: AsyncWrite + Unpin>(
                             let message = format!(
                                 "Invalid Request: id {raw_id} is already used by a request in flight; give each request its own id"
                             );
-                            let _ = out.send(error_line(raw_id, -32600, &message)).await;
+                            let error =
+                                error_message(raw_id, -32600, &message, negotiated.unknown_id());
+                            let _ = out.send(json_line(&error)).await;
                         } else if let Some(line) =
                             order.admit(id, access, held_open, limits.max_held_open, line)
                         {
@@ -342,4 +353,19 @@ async fn dispatch<T: AsyncWrite + Unpin>(
         }
     }
     let _ = to_rmcp.shutdown().await;
+}
+
+/// An error rmcp wrote without an `id` (it follows MCP 2026-07-28, which omits an id it
+/// could not read) gets `"id": null` when the client speaks an older protocol. Only lines
+/// that have no `"id":` member text at all are parsed, so answers pay nothing.
+fn fix_unknown_id(line: &mut Vec<u8>, negotiated: &Negotiated) {
+    let has_id = line.windows(5).any(|w| w == b"\"id\":");
+    if has_id || !line.windows(7).any(|w| w == b"\"error\"") {
+        return;
+    }
+    if let Ok(mut message) = serde_json::from_slice::<Value>(line)
+        && restore_null_id(&mut message, negotiated.unknown_id())
+    {
+        *line = json_line(&message);
+    }
 }

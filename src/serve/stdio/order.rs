@@ -7,30 +7,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-/// A request id as rmcp reads it: an integer (also written `1.0` or `1e2`) or a string.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum IdKey {
-    Number(i64),
-    Text(String),
-}
-
-impl IdKey {
-    pub(super) fn from_value(value: &Value) -> Option<IdKey> {
-        match value {
-            Value::String(s) => Some(IdKey::Text(s.clone())),
-            Value::Number(n) => n
-                .as_i64()
-                .or_else(|| {
-                    // 2^53 itself is excluded, as in rmcp: it stands for two integers.
-                    n.as_f64()
-                        .filter(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
-                        .map(|f| f as i64)
-                })
-                .map(IdKey::Number),
-            _ => None,
-        }
-    }
-}
+pub(crate) use crate::serve::jsonrpc::IdKey;
 
 /// The id of a response or error line written by rmcp (not of a request it sends).
 pub(super) fn response_id(line: &[u8]) -> Option<IdKey> {
@@ -92,23 +69,6 @@ impl Access {
             (Access::Peer(mine), Access::Peer(theirs)) => mine == theirs,
             _ => true,
         }
-    }
-}
-
-/// Whether a request is meant to stay open for long (a long poll or a stream), so that it
-/// takes a held-open slot instead of one of the bounded in-flight slots: a `peer_changes`
-/// call that waits (`wait_seconds` above 0) and `subscriptions/listen`.
-pub(super) fn holds_open(message: &Value) -> bool {
-    match message.get("method").and_then(Value::as_str) {
-        Some("subscriptions/listen") => true,
-        Some("tools/call") => {
-            message.pointer("/params/name").and_then(Value::as_str) == Some("peer_changes")
-                && message
-                    .pointer("/params/arguments/wait_seconds")
-                    .and_then(Value::as_f64)
-                    .is_some_and(|w| w > 0.0)
-        }
-        _ => false,
     }
 }
 

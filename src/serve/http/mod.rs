@@ -7,7 +7,9 @@
 //! set every `/mcp` request needs `Authorization: Bearer <token>` (compared in constant
 //! time, never logged; 401 otherwise); request bodies are capped at 1 MiB (413); at most
 //! `--http-max-sessions` sessions are open at once (503 past it) and a session idle for
-//! `--http-session-idle` is closed. `/healthz` needs no token and reveals no peer.
+//! `--http-session-idle` is closed; a plain request is held at most `--http-hold-limit`
+//! and JSON-RPC errors follow the client's protocol ([`edge`]). `/healthz` needs no token
+//! and reveals no peer ([`health`]).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,9 +24,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+
+mod edge;
+mod health;
 
 use crate::StartError;
 use crate::coordinator::Coordinator;
@@ -44,6 +48,9 @@ pub struct HttpSettings {
     pub max_sessions: usize,
     /// A session with no request for this long is closed and its memory freed.
     pub session_idle: Duration,
+    /// Longest a plain request may take, first byte to last (long polls get their wait on
+    /// top; subscription streams are not limited).
+    pub hold_limit: Duration,
 }
 
 /// Serves MCP over streamable HTTP until `shutdown` resolves, with background cleanup
@@ -124,13 +131,19 @@ fn router(
         sessions,
         max: settings.max_sessions,
     };
-    // Outermost first: the token, then the session cap, then rmcp.
+    let edge = edge::Edge {
+        hold_limit: settings.hold_limit,
+        max_body: MAX_LINE_BYTES,
+    };
+    // Outermost first: the token, then the session cap, then the JSON-RPC edge and the
+    // hold limit, then rmcp.
     let guarded = Router::new()
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(edge, edge::jsonrpc_edge))
         .layer(middleware::from_fn_with_state(cap, cap_sessions))
         .layer(middleware::from_fn_with_state(token, require_token));
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::healthz))
         .with_state(coordinator)
         .merge(guarded)
 }
@@ -190,33 +203,4 @@ async fn require_token(
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     refused
-}
-
-/// 200 while the local file is on, 503 otherwise; each source's state and its last
-/// error, never a peer.
-async fn healthz(State(coordinator): State<Arc<Coordinator>>) -> Response {
-    let status = coordinator.status();
-    let local_file_on = status
-        .sources
-        .iter()
-        .any(|s| s.source.as_str() == "local_file" && s.enabled);
-    let sources: Vec<_> = status
-        .sources
-        .iter()
-        .map(|s| {
-            json!({
-                "source": s.source.as_str(),
-                "enabled": s.enabled,
-                "failures": s.stats.failures,
-                "last_error": s.stats.last_error,
-            })
-        })
-        .collect();
-    let code = if local_file_on {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({"ok": local_file_on, "sources": sources});
-    (code, axum::Json(body)).into_response()
 }
