@@ -65,6 +65,9 @@ async fn help_documents_every_flag() {
         "[default: 256]",
         "--http-session-idle",
         "PEER_REGISTRY_HTTP_SESSION_IDLE",
+        "--http-hold-limit",
+        "PEER_REGISTRY_HTTP_HOLD_LIMIT",
+        "[default: 60]",
         "PEER_REGISTRY_HTTP_TOKEN",
         "serve",
     ] {
