@@ -539,3 +539,59 @@ async fn healthz_reports_a_failing_local_file() {
     let (status, body) = health().await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// SIGTERM while requests are in flight under long limits (a write waiting for a lock
+/// another process holds, a body that never finishes arriving): the server stops within
+/// its bounded drain (10 s), not after the requests' own limits.
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_drains_within_a_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    let mut server = start_with(
+        &registry,
+        None,
+        "127.0.0.1:0",
+        &["--http-hold-limit", "600", "--source-timeout", "600"],
+    )
+    .await;
+    let addr = server.addr.clone();
+    let holder = std::fs::File::open(dir.path()).expect("folder");
+    holder.lock().expect("hold the lock");
+    let held = tokio::spawn(async move {
+        raw(
+            &addr,
+            &post_modern(&addr, "register_peer"),
+            &modern_call(
+                1,
+                "register_peer",
+                json!({"peer_id": "stuck", "multiaddr": "/ip4/192.0.2.1/tcp/1"}),
+            ),
+        )
+        .await
+    });
+    let mut trickle = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "{}\r\ncontent-length: 1000\r\n\r\n{{\"jsonrpc\":",
+        post_mcp(&server.addr, "")
+    );
+    trickle.write_all(head.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.child.id().expect("pid");
+    let started = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .expect("exits within the drain")
+        .expect("wait");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(status.success(), "{status:?}");
+    held.abort();
+    holder.unlock().expect("release");
+}

@@ -35,6 +35,9 @@ use crate::coordinator::Coordinator;
 use crate::mcp::PeerDiscoveryServer;
 use crate::serve::stdio::MAX_LINE_BYTES;
 
+/// How long requests in flight get to finish after a stop signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// What the HTTP server is told at start.
 pub struct HttpSettings {
     pub addr: SocketAddr,
@@ -84,14 +87,26 @@ pub async fn run_http(
     // The one line printed whatever the log level: scripts and tests read the address.
     // Not `eprintln!`, which panics when stderr is closed.
     let _ = writeln!(std::io::stderr(), "listening on http://{bound}/mcp");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutdown requested; ending the HTTP sessions");
-            stop.cancel();
-        })
-        .await
-        .map_err(|e| StartError::Serve(e.to_string()))
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let stopping_seen = Arc::clone(&stopping);
+    let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested; ending the HTTP sessions");
+        stop.cancel();
+        stopping.notify_one();
+    });
+    // Graceful, but bounded: what is in flight gets DRAIN to finish (sessions and their
+    // streams end at once); a request still running after that is dropped with the process.
+    tokio::select! {
+        served = serving => served.map_err(|e| StartError::Serve(e.to_string())),
+        () = async {
+            stopping_seen.notified().await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::warn!("requests still running {DRAIN:?} after the stop signal are dropped");
+            Ok(())
+        }
+    }
 }
 
 fn router(
