@@ -10,6 +10,8 @@
 //! - [`coordinator`]: fans each call out to the chosen sources under a timeout, merges
 //!   (dedup by `peer_id`, newest `last_seen` wins), ranks, reports per-source outcomes,
 //!   and cleans up expired peers in the background.
+//! - [`feed`]: the change feed (who came, changed, left), written once for every source:
+//!   the `peer_changes` tool, resource subscriptions and `peers watch` read it.
 //! - [`mcp`]: the rmcp server; one tool per function, each a thin translation to the
 //!   coordinator, with schemas cleaned for strict clients ([`mcp::schema`]).
 //! - [`serve`]: the transports; [`serve::stdio`] puts a guard in front of rmcp on
@@ -23,6 +25,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod feed;
 pub mod mcp;
 pub mod peer;
 pub mod serve;

@@ -39,6 +39,7 @@ pub use direct::Direct;
 pub use query::DiscoverQuery;
 pub use results::*;
 
+use crate::feed::ChangeFeed;
 use crate::peer::{Announcement, Heartbeat, InvalidPeer, PeerFilter, PeerId, PeerRecord};
 use crate::source::{BUILT_IN, Commitment, Modified, Progress, Source, SourceError, SourceName};
 use merge::{merge, recheck};
@@ -95,6 +96,8 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     clock: Clock,
     stats: StatsBook,
+    /// The change feed, started on first use ([`Coordinator::change_feed`]).
+    feed: tokio::sync::OnceCell<ChangeFeed>,
 }
 
 /// The sources one call goes to, and the outcomes already known (disabled sources).
@@ -118,6 +121,32 @@ impl Coordinator {
             config,
             clock,
             stats: StatsBook::default(),
+            feed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The change feed over every enabled source, started (one listing of each) by the
+    /// first caller.
+    pub async fn change_feed(&self) -> &ChangeFeed {
+        self.feed
+            .get_or_init(|| {
+                let sources = self.sources.iter().map(|s| Arc::clone(&s.source)).collect();
+                ChangeFeed::start(sources, Arc::clone(&self.clock), self.config.source_timeout)
+            })
+            .await
+    }
+
+    /// Ends the waits of change-feed readers (a shutdown): they answer at once.
+    pub fn close_change_feed(&self) {
+        if let Some(feed) = self.feed.get() {
+            feed.close();
+        }
+    }
+
+    /// Tells the change feed, once started, what a write of this server left in `source`.
+    fn saw(&self, source: &SourceName, peer_id: &str, record: Option<&PeerRecord>) {
+        if let Some(feed) = self.feed.get() {
+            feed.observe_write(source, peer_id, record);
         }
     }
 
@@ -289,6 +318,7 @@ impl Coordinator {
                     outcome.location = location;
                     outcomes.set(name.clone(), outcome);
                     created &= new;
+                    self.saw(&name, &peer_id, Some(&record));
                     stored.push((name, record));
                 }
                 Err(e) => outcomes.set(name, SourceOutcome::failed(&e)),
@@ -426,6 +456,7 @@ impl Coordinator {
                         );
                     }
                     outcomes.set(name.clone(), outcome);
+                    self.saw(&name, peer_id.as_str(), Some(&after));
                     held.push((name, after));
                 }
                 Ok(Modified { after: None, .. }) => lacking.push(name),
@@ -479,6 +510,7 @@ impl Coordinator {
                     outcome.location = location;
                     outcome.add_detail("this source did not hold the peer; it was registered again from another source".into());
                     outcomes.set(name.clone(), outcome);
+                    self.saw(&name, peer_id.as_str(), Some(&record));
                     held.push((name, record));
                 }
                 Err(e) => outcomes.set(name, SourceOutcome::failed(&e)),
@@ -521,6 +553,9 @@ impl Coordinator {
             match result {
                 Ok(modified) => {
                     let was_held = modified.written && modified.after.is_none();
+                    if was_held {
+                        self.saw(&name, peer_id.as_str(), None);
+                    }
                     served = true;
                     removed |= was_held;
                     outcomes.set(name, SourceOutcome::ok(usize::from(was_held)));
@@ -568,6 +603,11 @@ impl Coordinator {
         for (name, result) in results {
             match result {
                 Ok(gone) => {
+                    if !dry_run {
+                        for peer_id in &gone {
+                            self.saw(&name, peer_id, None);
+                        }
+                    }
                     served = true;
                     outcomes.set(name.clone(), SourceOutcome::ok(gone.len()));
                     removed.insert(name.as_str().to_owned(), gone.len() as u64);

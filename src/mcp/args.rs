@@ -97,3 +97,26 @@ pub struct CleanupExpiredPeersArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryStatusArgs {}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerChangesArgs {
+    /// The `cursor` of your previous peer_changes answer: the events after it come back.
+    /// Omitted: start from now (only changes after this call; call discover_peers for the
+    /// current set first).
+    pub cursor: Option<String>,
+    /// Only changes of peers that announce every one of these capabilities, e.g.
+    /// ["compute"]: a peer that starts matching is `added`, one that stops is `removed`
+    /// with reason `no_longer_matches`. Omitted or empty: every peer.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub capability_filter: Vec<String>,
+    /// Seconds to wait for a first event when there is none yet, 0 to 50 (a long poll;
+    /// progress notifications are sent while it waits when the request has a
+    /// progressToken). Omitted: 0, answer at once.
+    #[schemars(with = "Option<f64>", range(min = 0, max = 50))]
+    pub wait_seconds: Option<Number>,
+    /// Most events in one answer, 1 to 1000. Omitted: 100. `more` says when others wait.
+    #[schemars(with = "Option<i64>", range(min = 1, max = 1000))]
+    pub max_events: Option<Number>,
+}

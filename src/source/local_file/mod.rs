@@ -35,6 +35,7 @@ mod disk;
 mod format;
 mod options;
 mod table;
+mod watch;
 
 pub use options::{LocalFileOptions, default_registry_path};
 
@@ -104,6 +105,8 @@ struct Inner {
     narrowed: AtomicBool,
     /// Since when the writer waits for a lock another process holds.
     lock_wait: Mutex<Option<Instant>>,
+    /// The folder watch of the change feed, once asked for.
+    watch: Mutex<Option<watch::FileWatch>>,
     /// Every fsync and rename of a write, in order, for the test that proves none is
     /// skipped.
     #[cfg(test)]
@@ -172,6 +175,7 @@ impl LocalFileSource {
             swept: AtomicBool::new(false),
             narrowed: AtomicBool::new(false),
             lock_wait: Mutex::new(None),
+            watch: Mutex::new(None),
             #[cfg(test)]
             durability_log: Mutex::new(Vec::new()),
         };
@@ -291,6 +295,14 @@ impl Source for LocalFileSource {
 
     fn take_notices(&self) -> Vec<String> {
         std::mem::take(&mut *crate::lock(&self.inner.notices))
+    }
+
+    /// Every change of the file, by any process, through a watch of its folder
+    /// ([`watch`]).
+    fn watch_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let (file_watch, changes) = watch::watch_file(&self.inner.dir, &self.inner.path)?;
+        *crate::lock(&self.inner.watch) = Some(file_watch);
+        Some(changes)
     }
 }
 
