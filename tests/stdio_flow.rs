@@ -43,6 +43,7 @@ async fn a_peer_lives_and_leaves() {
         [
             "cleanup_expired_peers",
             "discover_peers",
+            "peer_changes",
             "register_peer",
             "registry_status",
             "unregister_peer",
