@@ -39,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve MCP on stdin/stdout (the default)
     Serve,
+    /// Look at and change the registry from a shell: `peers list`, `peers register`...
+    Peers(crate::cli::PeersArgs),
 }
 
 #[derive(Debug, Clone, Args)]
