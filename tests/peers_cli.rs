@@ -579,3 +579,24 @@ async fn help_has_examples() {
         assert!(help.contains(&format!("  {sub} ")), "{help}");
     }
 }
+
+/// A reader that goes away (`peers list | head -0`) ends the command quietly with exit
+/// code 0: no panic, nothing on stderr.
+#[tokio::test]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let s = Scratch::new();
+    s.peers(&["register", "p", "/ip4/127.0.0.1/tcp/1"]).await;
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = support::command()
+        .args(["peers", "list", "--registry-path", s.path()])
+        .env("XDG_CACHE_HOME", &s.cache_home)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .expect("run binary");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
