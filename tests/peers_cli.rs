@@ -588,15 +588,18 @@ async fn a_closed_stdout_ends_the_command_quietly() {
     s.peers(&["register", "p", "/ip4/127.0.0.1/tcp/1"]).await;
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader);
+    // spawn, not output(): tokio's output() replaces stdout with a pipe of its own.
     let out = support::command()
         .args(["peers", "list", "--registry-path", s.path()])
         .env("XDG_CACHE_HOME", &s.cache_home)
         .stdin(std::process::Stdio::null())
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
-        .output()
+        .spawn()
+        .expect("run binary")
+        .wait_with_output()
         .await
-        .expect("run binary");
+        .expect("wait for the binary");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }

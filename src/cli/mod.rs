@@ -15,7 +15,8 @@
 //! - `render.rs`: the tables and outcome lines (pure functions of a result and `now`).
 //!
 //! A subcommand is one variant of [`PeersCommand`], one arm in [`run`] and one `async fn`
-//! of the shape `(coordinator, args) -> Result<Printed, Failure>`.
+//! of the shape `(coordinator, args, out) -> Result<ExitCode, Failure>` that writes to
+//! `out` through [`emit`] (a command that streams, such as a watch, calls it per line).
 
 mod render;
 
@@ -182,6 +183,26 @@ pub enum Failure {
     Input(String),
     /// No source could do it: exit code 1.
     Undone(String),
+    /// stdout could not be written. A reader that went away (`peers list | head -1`) is
+    /// the normal end of a pipe, not an error: exit code 0, nothing said.
+    Output(std::io::Error),
+}
+
+impl Failure {
+    /// One line on stderr (escaped: messages quote what was given, an id, a multiaddr)
+    /// and the exit code.
+    fn report(self) -> ExitCode {
+        let (message, code) = match self {
+            Failure::Input(m) => (m, 2),
+            Failure::Undone(m) => (m, 1),
+            Failure::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return ExitCode::SUCCESS;
+            }
+            Failure::Output(e) => (format!("cannot write to stdout: {e}"), 1),
+        };
+        eprintln!("peer-discovery-mcp: {}", text::escape_prose(&message));
+        ExitCode::from(code)
+    }
 }
 
 impl From<CallError> for Failure {
@@ -195,50 +216,27 @@ impl From<CallError> for Failure {
     }
 }
 
-/// What a command prints on stdout, and whether it still ends with a failure code.
-pub struct Printed {
-    text: String,
-    exit: ExitCode,
+/// Writes `text` (already escaped) to `out` and flushes, so a line is seen when printed.
+pub(crate) fn emit(out: &mut dyn Write, text: &str) -> Result<(), Failure> {
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(Failure::Output)
 }
 
-impl Printed {
-    fn done(text: String) -> Self {
-        Printed {
-            text,
-            exit: ExitCode::SUCCESS,
-        }
-    }
-}
-
-/// Runs one `peers` subcommand and prints its result on stdout (errors: one line on
-/// stderr). Needs a tokio runtime.
+/// Runs one `peers` subcommand, printing its result on stdout (a failure: one line on
+/// stderr and its exit code). Needs a tokio runtime.
 pub async fn run(args: PeersArgs, coordinator: Arc<Coordinator>) -> ExitCode {
     let coordinator = coordinator.as_ref();
+    // Not locked: nothing else writes to stdout, and a lock held across awaits is not
+    // worth the risk of blocking a worker thread that logs by mistake.
+    let out = &mut std::io::stdout();
     let outcome = match args.command {
-        PeersCommand::List(args) => list(coordinator, args).await,
-        PeersCommand::Register(args) => register(coordinator, args).await,
-        PeersCommand::Unregister(args) => unregister(coordinator, args).await,
-        PeersCommand::Status(args) => status(coordinator, args).await,
+        PeersCommand::List(args) => list(coordinator, args, out).await,
+        PeersCommand::Register(args) => register(coordinator, args, out).await,
+        PeersCommand::Unregister(args) => unregister(coordinator, args, out).await,
+        PeersCommand::Status(args) => status(coordinator, args, out).await,
     };
-    match outcome {
-        Ok(printed) => {
-            let mut stdout = std::io::stdout().lock();
-            // A reader that went away (`| head`) is not an error of ours.
-            let _ = stdout
-                .write_all(printed.text.as_bytes())
-                .and_then(|()| stdout.flush());
-            printed.exit
-        }
-        Err(failure) => {
-            let (message, code) = match failure {
-                Failure::Input(m) => (m, 2),
-                Failure::Undone(m) => (m, 1),
-            };
-            // Messages quote what was given (a multiaddr, an id): escaped like any peer text.
-            eprintln!("peer-discovery-mcp: {}", text::escape_prose(&message));
-            ExitCode::from(code)
-        }
-    }
+    outcome.unwrap_or_else(Failure::report)
 }
 
 /// `--json`: the tool's structuredContent, pretty, with characters that hide or reorder
@@ -260,7 +258,11 @@ fn now() -> f64 {
     (crate::coordinator::system_clock())()
 }
 
-async fn list(coordinator: &Coordinator, args: ListArgs) -> Result<Printed, Failure> {
+async fn list(
+    coordinator: &Coordinator,
+    args: ListArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode, Failure> {
     let query = DiscoverQuery::new(&args.capabilities, Some(args.max), args.include_expired)?;
     let result = coordinator
         .discover(
@@ -269,13 +271,20 @@ async fn list(coordinator: &Coordinator, args: ListArgs) -> Result<Printed, Fail
             &Progress::default(),
         )
         .await?;
-    if args.output.json {
-        return Ok(Printed::done(json_document(&result)?));
-    }
-    Ok(Printed::done(render::discover(&result, &query, now())))
+    let text = if args.output.json {
+        json_document(&result)?
+    } else {
+        render::discover(&result, &query, now())
+    };
+    emit(out, &text)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn register(coordinator: &Coordinator, args: RegisterArgs) -> Result<Printed, Failure> {
+async fn register(
+    coordinator: &Coordinator,
+    args: RegisterArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode, Failure> {
     let mut metadata = JsonObject::new();
     for (key, value) in args.metadata {
         if metadata.contains_key(&key) {
@@ -297,29 +306,43 @@ async fn register(coordinator: &Coordinator, args: RegisterArgs) -> Result<Print
     let result = coordinator
         .register(announcement, args.sources.sources.as_deref())
         .await?;
-    if args.output.json {
-        return Ok(Printed::done(json_document(&result)?));
-    }
-    Ok(Printed::done(render::register(&result, now())))
+    let text = if args.output.json {
+        json_document(&result)?
+    } else {
+        render::register(&result, now())
+    };
+    emit(out, &text)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn unregister(coordinator: &Coordinator, args: UnregisterArgs) -> Result<Printed, Failure> {
+async fn unregister(
+    coordinator: &Coordinator,
+    args: UnregisterArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode, Failure> {
     let peer_id = PeerId::new(&args.peer_id).map_err(|e| Failure::Input(e.to_string()))?;
     let result = coordinator
         .unregister(&peer_id, args.sources.sources.as_deref())
         .await?;
     // A peer no source held is not an error (the tool says `removed: false` too): the
     // registry is as asked. The line says so.
-    if args.output.json {
-        return Ok(Printed::done(json_document(&result)?));
-    }
-    Ok(Printed::done(render::unregister(&result)))
+    let text = if args.output.json {
+        json_document(&result)?
+    } else {
+        render::unregister(&result)
+    };
+    emit(out, &text)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Status with a check: a fresh process has no counters, so the command asks every
 /// enabled source for its live peers once, and reports how that went (the counters then
 /// show that one call) and how many peers each holds.
-async fn status(coordinator: &Coordinator, args: StatusArgs) -> Result<Printed, Failure> {
+async fn status(
+    coordinator: &Coordinator,
+    args: StatusArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode, Failure> {
     let query = DiscoverQuery::new(&[], Some(1), false)?;
     let check = coordinator
         .discover(&query, None, &Progress::default())
@@ -336,5 +359,6 @@ async fn status(coordinator: &Coordinator, args: StatusArgs) -> Result<Printed, 
     } else {
         render::status(&report, check.as_ref().ok().map(|r| &r.outcomes))
     };
-    Ok(Printed { text, exit })
+    emit(out, &text)?;
+    Ok(exit)
 }
