@@ -603,3 +603,32 @@ async fn a_closed_stdout_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
+
+/// stdout that cannot take the output (a full disk: `/dev/full`) is not a silent
+/// success: one line on stderr, exit code 1.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_unwritable_stdout_is_an_error() {
+    let s = Scratch::new();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = support::command()
+        .args(["peers", "status", "--registry-path", s.path()])
+        .env("XDG_CACHE_HOME", &s.cache_home)
+        .stdin(std::process::Stdio::null())
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run binary")
+        .wait_with_output()
+        .await
+        .expect("wait for the binary");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err,
+        "peer-discovery-mcp: cannot write to stdout: No space left on device (os error 28)\n"
+    );
+}
