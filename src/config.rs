@@ -39,7 +39,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve MCP on stdin/stdout (the default)
     Serve,
-    /// Look at and change the registry from a shell: `peers list`, `peers register`...
+    // Its help text is on `PeersArgs` (a doc comment here would replace its long help).
     Peers(crate::cli::PeersArgs),
 }
 

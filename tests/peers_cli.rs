@@ -467,7 +467,7 @@ async fn run_with_token(s: &Scratch, args: &[&str]) -> Output {
 }
 
 /// A source that fails does not hide the others: `peers list` prints the local peers
-/// and the failure, exit 0. When the only source asked fails, nothing was done: one
+/// and the failure, exit 0; `peers status` shows the failed check and its error. When the only source asked fails, nothing was done: one
 /// line on stderr, exit 1.
 #[tokio::test]
 async fn a_failing_source_is_listed_and_an_undone_operation_exits_1() {
@@ -496,6 +496,21 @@ async fn a_failing_source_is_listed_and_an_undone_operation_exits_1() {
     assert!(
         github.starts_with("github: error (") || github.starts_with("github: timeout ("),
         "{github}"
+    );
+
+    let out = run_with_token(&s, &unreachable_github(&s, &["peers", "status"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let shown = stdout(&out);
+    let github = row(&shown, "github");
+    assert!(
+        github.starts_with("github      enabled   error, ")
+            || github.starts_with("github      enabled   timeout, "),
+        "{github}"
+    );
+    assert!(github.contains("; last error: "), "{github}");
+    assert!(
+        row(&shown, "local_file").contains(" ok, 1 peer, "),
+        "{shown}"
     );
 
     let out = run_with_token(

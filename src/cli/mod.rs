@@ -78,6 +78,8 @@ PEER_REGISTRY_GITHUB_REPO=acme/peers GITHUB_TOKEN=... peer-discovery-mcp peers s
 
 /// A capability name; several by repeating the flag or separating with commas.
 #[derive(Debug, Args)]
+// Its own options first, apart from the server's (which clap lists as "Options").
+#[command(next_help_heading = "Command options")]
 pub struct ListArgs {
     /// Only peers that announce every one of these capabilities (repeat the flag, or
     /// separate with commas).
@@ -101,6 +103,8 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+// Its own options first, apart from the server's (which clap lists as "Options").
+#[command(next_help_heading = "Command options")]
 pub struct RegisterArgs {
     /// The peer's id: 1 to 128 characters of A-Z a-z 0-9 . _ - (a libp2p id or any
     /// opaque id such as agent-7).
@@ -131,6 +135,8 @@ pub struct RegisterArgs {
 }
 
 #[derive(Debug, Args)]
+// Its own options first, apart from the server's (which clap lists as "Options").
+#[command(next_help_heading = "Command options")]
 pub struct UnregisterArgs {
     /// The id the peer was registered with.
     #[arg(value_name = "ID")]
@@ -142,6 +148,8 @@ pub struct UnregisterArgs {
 }
 
 #[derive(Debug, Args)]
+// Its own options first, apart from the server's (which clap lists as "Options").
+#[command(next_help_heading = "Command options")]
 pub struct StatusArgs {
     #[command(flatten)]
     pub output: OutputArg,
