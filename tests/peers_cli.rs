@@ -647,3 +647,45 @@ async fn an_unwritable_stdout_is_an_error() {
         "peer-discovery-mcp: cannot write to stdout: No space left on device (os error 28)\n"
     );
 }
+
+/// Drops what depends on the moment of the call (the lease countdown).
+fn without_countdown(mut value: Value) -> Value {
+    if let Some(peers) = value["peers"].as_array_mut() {
+        for peer in peers {
+            peer.as_object_mut()
+                .expect("peer object")
+                .remove("expires_in_seconds");
+        }
+    }
+    value
+}
+
+/// `peers list --json` is what the server's discover_peers answers as structuredContent
+/// for the same registry and arguments (apart from the countdown, which moves).
+#[tokio::test]
+async fn list_json_is_the_tools_structured_content() {
+    let s = Scratch::new();
+    s.peers(&[
+        "register",
+        "a",
+        "/ip4/127.0.0.1/tcp/1",
+        "--capability",
+        "compute",
+    ])
+    .await;
+    s.peers(&["register", "b", "/ip4/127.0.0.1/tcp/2", "--metadata", "k=v"])
+        .await;
+    let cli = s
+        .peers_json(&["list", "--capability", "compute", "--max", "5"])
+        .await;
+    let client = support::start(&s.registry, &[]).await;
+    let tool = support::call(
+        &client,
+        "discover_peers",
+        serde_json::json!({"capability_filter": ["compute"], "max_peers": 5}),
+    )
+    .await;
+    let tool = support::ok(&tool).clone();
+    client.cancel().await.expect("shutdown");
+    assert_eq!(without_countdown(cli), without_countdown(tool));
+}
