@@ -76,7 +76,6 @@ PEER_REGISTRY_GITHUB_REPO=acme/peers GITHUB_TOKEN=... peer-discovery-mcp peers s
     Status(StatusArgs),
 }
 
-/// A capability name; several by repeating the flag or separating with commas.
 #[derive(Debug, Args)]
 // Its own options first, apart from the server's (which clap lists as "Options").
 #[command(next_help_heading = "Command options")]
