@@ -39,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve MCP on stdin/stdout (the default)
     Serve,
+    // Its help text is on `PeersArgs` (a doc comment here would replace its long help).
+    Peers(crate::cli::PeersArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -17,12 +17,16 @@
 //! - [`serve`]: the transports; [`serve::stdio`] puts a guard in front of rmcp on
 //!   stdin/stdout: bounded lines, ordered calls, bounded work in flight.
 //! - [`config`]: the command line (clap; every flag has an environment variable).
+//! - [`cli`]: `peers list|register|unregister|status`, the command line for people: one
+//!   coordinator operation, printed as a table or JSON (the only module that writes to
+//!   stdout on purpose).
 //! - `main.rs`: parses the command line, sets up logging on stderr, calls [`run`].
 //!
 //! Data flow of one call: client → stdin → rmcp → `mcp` tool (arguments validated into a
 //! [`peer::Announcement`] / [`peer::Heartbeat`]) → [`coordinator::Coordinator`] → every
 //! source at once → merged result → `structuredContent` + a text summary → stdout.
 
+pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod feed;

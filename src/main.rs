@@ -1,10 +1,11 @@
-//! The binary: parse the command line, log to stderr, serve MCP on stdio.
+//! The binary: parse the command line, log to stderr, serve MCP on stdio (or run one
+//! `peers` command for a person).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use peer_discovery_mcp::config::Cli;
+use peer_discovery_mcp::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -17,12 +18,25 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             // One clear line, not clap's usage block: MCP clients show stderr's first line.
+            // clap's message may take several lines before its usage block (a missing
+            // argument is named on the next line): joined into one.
             let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "peer-discovery-mcp: {}; see --help",
-                line.trim_start_matches("error: ")
-            );
+            let line = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let line = if line.is_empty() {
+                "invalid arguments"
+            } else {
+                &line
+            };
+            // The line may quote what was typed (an id, a value): escaped, so a pasted
+            // escape sequence cannot act on the terminal.
+            let line =
+                peer_discovery_mcp::mcp::text::escape_prose(line.trim_start_matches("error: "));
+            eprintln!("peer-discovery-mcp: {line}; see --help");
             return ExitCode::from(2);
         }
     };
@@ -65,6 +79,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+
+    if let Some(Command::Peers(peers)) = cli.command {
+        // One operation for a person at a shell: no background cleanup, no server.
+        let code = runtime.block_on(peer_discovery_mcp::cli::run(peers, coordinator));
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        return code;
+    }
 
     let http = cli.options.http.clone();
     let outcome = runtime.block_on(async {
