@@ -278,6 +278,17 @@ impl ChangeFeed {
         Ok((events, history.head(), false))
     }
 
+    /// The live peer `peer_id` as last observed, with its lease and holders.
+    pub fn peer(&self, peer_id: &str) -> Option<crate::coordinator::PeerView> {
+        let now = (self.inner.clock)();
+        let (record, holders) = self.inner.lock().peers.get(peer_id)?;
+        Some(crate::coordinator::PeerView::new(
+            (*record).clone(),
+            holders,
+            now,
+        ))
+    }
+
     /// Every event from now on, as it happens (resource subscriptions). A subscriber that
     /// falls behind by more than 1,024 events gets `Lagged` and should treat every
     /// resource as changed.

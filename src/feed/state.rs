@@ -73,6 +73,13 @@ impl PeerTable {
             .map(|(_, r)| r)
     }
 
+    /// The merged peer `peer_id` and the sources holding it.
+    pub(super) fn get(&self, peer_id: &str) -> Option<(Arc<PeerRecord>, Vec<SourceName>)> {
+        let copies = self.peers.get(peer_id)?;
+        let record = merged(copies)?.clone();
+        Some((record, copies.iter().map(|(s, _)| s.clone()).collect()))
+    }
+
     /// The peers `source` is known to hold a copy of.
     pub(super) fn held_by(&self, source: &SourceName) -> Vec<String> {
         self.peers

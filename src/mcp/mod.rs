@@ -4,6 +4,7 @@
 //! clients that show only text still give the model everything.
 
 mod args;
+mod resources;
 pub mod schema;
 pub mod text;
 
@@ -13,9 +14,11 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::{ToolCallContext, schema_for_output, schema_for_type};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ProgressNotificationParam, ServerCapabilities, ServerConfig,
+    JsonObject, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig, SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,6 +52,8 @@ escaped; structuredContent has the exact values.";
 pub struct PeerDiscoveryServer {
     coordinator: Arc<Coordinator>,
     tool_router: ToolRouter<Self>,
+    /// This connection's `resources/subscribe` subscriptions.
+    subscriptions: Arc<resources::Subscriptions>,
 }
 
 /// A result whose structured content is `value`, with a text block that starts with
@@ -167,6 +172,7 @@ impl PeerDiscoveryServer {
         Self {
             coordinator,
             tool_router: schema::sanitize_router(Self::tool_router()),
+            subscriptions: Arc::default(),
         }
     }
 
@@ -534,14 +540,78 @@ default lease, the background cleanup interval and the per-source timeout. Takes
 }
 
 #[tool_handler(router = self.tool_router)]
+// `subscribe`/`unsubscribe` are the protocol-2025-11-25 path, deprecated in rmcp but
+// what clients of that generation use.
+#[allow(deprecated)]
 impl ServerHandler for PeerDiscoveryServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_resources_subscribe()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new(
                 env!("CARGO_PKG_NAME"),
                 env!("CARGO_PKG_VERSION"),
             ))
             .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(resources::list())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        resources::read(&self.coordinator, &request.uri)
+            .await
+            .map(Into::into)
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions
+            .subscribe(&self.coordinator, request.uri, context.peer.clone())
+            .await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscriptions.unsubscribe(&request.uri);
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(requested.supported_by(&self.get_info().capabilities))
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        resources::listen(&self.coordinator, context).await
     }
 
     /// Like the generated dispatcher, but an unknown tool's error names the tools there are.
