@@ -689,3 +689,119 @@ async fn list_json_is_the_tools_structured_content() {
     client.cancel().await.expect("shutdown");
     assert_eq!(without_countdown(cli), without_countdown(tool));
 }
+
+/// Starts `peers watch ARGS --registry-path FILE` and waits until it says it watches.
+async fn start_watch(
+    s: &Scratch,
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = support::command()
+        .args(["peers", "watch"])
+        .args(args)
+        .args(["--registry-path", s.path()])
+        .env("XDG_CACHE_HOME", &s.cache_home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn peers watch");
+    let mut errors = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let said = tokio::time::timeout(std::time::Duration::from_secs(20), errors.next_line())
+        .await
+        .expect("peers watch starts")
+        .expect("stderr")
+        .unwrap_or_default();
+    assert!(said.contains("watching"), "{said}");
+    let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (child, lines)
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(5), lines.next_line())
+        .await
+        .expect("an event line within 5 s")
+        .expect("stdout")
+        .expect("a line")
+}
+
+/// `peers watch` prints one line an event as other processes register, change and
+/// remove peers (one JSON object a line with `--json`), a hostile peer's text escaped,
+/// and stops cleanly on SIGTERM.
+#[tokio::test]
+async fn watch_prints_one_line_an_event() {
+    let s = Scratch::new();
+    let (mut json_watch, mut json_lines) = start_watch(&s, &["--json"]).await;
+    let (mut table_watch, mut table_lines) = start_watch(&s, &["--capability", "compute"]).await;
+
+    s.peers(&[
+        "register",
+        "agent-7",
+        "/ip4/192.0.2.7/tcp/4001",
+        "--capability",
+        "compute",
+    ])
+    .await;
+    let added: Value = serde_json::from_str(&next_line(&mut json_lines).await).expect("JSON line");
+    assert_eq!(added["type"], "added");
+    assert_eq!(added["peer_id"], "agent-7");
+    assert_eq!(
+        added["peer"]["capabilities"],
+        serde_json::json!(["compute"])
+    );
+    let line = next_line(&mut table_lines).await;
+    assert!(
+        line.starts_with("added") && line.contains("agent-7"),
+        "{line}"
+    );
+
+    let value = format!("{CLEAR}{TITLE}\r\u{202e}");
+    s.peers(&[
+        "register",
+        "agent-7",
+        "/ip4/192.0.2.7/tcp/4001",
+        "--capability",
+        "compute",
+        "--metadata",
+        &format!("note={value}"),
+    ])
+    .await;
+    let updated = next_line(&mut json_lines).await;
+    assert_eq!(acts_on_terminal(&updated), None, "{updated:?}");
+    let updated: Value = serde_json::from_str(&updated).expect("JSON line");
+    assert_eq!(updated["type"], "updated");
+    assert_eq!(updated["peer"]["metadata"]["note"], value.as_str());
+    let line = next_line(&mut table_lines).await;
+    assert_eq!(acts_on_terminal(&line), None, "{line:?}");
+    assert!(
+        line.starts_with("updated") && line.contains(r"\u001b[2J"),
+        "{line}"
+    );
+
+    s.peers(&["unregister", "agent-7"]).await;
+    let removed: Value =
+        serde_json::from_str(&next_line(&mut json_lines).await).expect("JSON line");
+    assert_eq!(removed["type"], "removed");
+    assert_eq!(removed["reason"], "unregistered");
+    let line = next_line(&mut table_lines).await;
+    assert_eq!(line, "removed  agent-7  (unregistered)");
+
+    for child in [&mut json_watch, &mut table_watch] {
+        let pid = child.id().expect("pid").to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+            .await
+            .expect("stops on SIGTERM")
+            .expect("wait");
+        assert!(status.success(), "{status:?}");
+    }
+}

@@ -74,6 +74,26 @@ peer-discovery-mcp peers unregister agent-7 --sources local_file --json")]
 peer-discovery-mcp peers status\n  \
 PEER_REGISTRY_GITHUB_REPO=acme/peers GITHUB_TOKEN=... peer-discovery-mcp peers status --json")]
     Status(StatusArgs),
+    /// Print who comes, changes and goes, one line an event, until interrupted (the change
+    /// feed, as peer_changes serves it)
+    #[command(after_help = "Examples:\n  \
+peer-discovery-mcp peers watch\n  \
+peer-discovery-mcp peers watch --capability compute\n  \
+peer-discovery-mcp peers watch --json | jq -c 'select(.type == \"removed\")'")]
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Command options")]
+pub struct WatchArgs {
+    /// Only changes of peers that announce every one of these capabilities (repeat the
+    /// flag, or separate with commas): a peer that starts matching is `added`, one that
+    /// stops is `removed` (no_longer_matches).
+    #[arg(long = "capability", value_name = "NAME", value_delimiter = ',')]
+    pub capabilities: Vec<String>,
+    /// Print each event as one JSON object a line (peer_changes' event shape).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +262,7 @@ pub async fn run(args: PeersArgs, coordinator: Arc<Coordinator>) -> ExitCode {
         PeersCommand::Register(args) => register(coordinator, args, out).await,
         PeersCommand::Unregister(args) => unregister(coordinator, args, out).await,
         PeersCommand::Status(args) => status(coordinator, args, out).await,
+        PeersCommand::Watch(args) => watch(coordinator, args, out).await,
     };
     outcome.unwrap_or_else(Failure::report)
 }
@@ -263,6 +284,66 @@ fn json_document<T: Serialize>(value: &T) -> Result<String, Failure> {
 
 fn now() -> f64 {
     (crate::coordinator::system_clock())()
+}
+
+/// `peers watch`: the change feed, one line an event, from now until Ctrl-C (or SIGTERM,
+/// or a reader that goes away). Changes by other processes on the same file are seen
+/// through the file's watch, within a second.
+async fn watch(
+    coordinator: &Coordinator,
+    args: WatchArgs,
+    out: &mut dyn Write,
+) -> Result<ExitCode, Failure> {
+    let capabilities = crate::peer::PeerFilter::new(&args.capabilities, false, 0.0)
+        .map_err(|e| Failure::Input(e.to_string()))?
+        .capabilities;
+    let feed = coordinator.change_feed().await;
+    let _ = writeln!(
+        std::io::stderr(),
+        "watching for peer changes; Ctrl-C to stop"
+    );
+    let mut ask = crate::feed::ReadChanges {
+        cursor: None,
+        capabilities,
+        wait: crate::feed::MAX_WAIT,
+        max_events: 1000,
+    };
+    let stop = interrupted();
+    tokio::pin!(stop);
+    loop {
+        let read = tokio::select! {
+            () = &mut stop => return Ok(ExitCode::SUCCESS),
+            read = feed.read(&ask, |_| {}) => read,
+        };
+        let changes = read.map_err(|e| Failure::Undone(e.to_string()))?;
+        for event in &changes.events {
+            let line = if args.json {
+                let json = serde_json::to_string(event)
+                    .map_err(|e| Failure::Undone(format!("cannot write an event as JSON: {e}")))?;
+                format!("{}\n", crate::mcp::text::escape_json(&json))
+            } else {
+                render::event(event)
+            };
+            emit(out, &line)?;
+        }
+        ask.cursor = Some(changes.cursor);
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn list(

@@ -7,6 +7,7 @@ use crate::coordinator::{
     DiscoverQuery, DiscoverResult, Outcomes, PeerView, RegisterResult, StatusResult,
     UnregisterResult,
 };
+use crate::feed::{ChangeEvent, ChangeKind, RemovalReason};
 use crate::mcp::text;
 use crate::peer::JsonObject;
 
@@ -303,6 +304,7 @@ pub(crate) fn status(report: &StatusResult, check: Option<&Outcomes>) -> String 
 mod tests {
     use super::*;
     use crate::coordinator::{SourceOutcome, SourceStatus};
+    use crate::feed::{ChangeEvent, ChangeKind, RemovalReason};
     use crate::source::SourceName;
     use serde_json::json;
 
@@ -420,5 +422,32 @@ mod tests {
             lines[1].starts_with("github: rate_limited (retry after 37s; "),
             "{lines:?}"
         );
+    }
+}
+
+/// One change-feed event as one line: `added agent-7 /ip4/… [compute]`,
+/// `removed agent-7 (expired)`.
+pub(crate) fn event(event: &ChangeEvent) -> String {
+    let peer_id = cell(&event.peer_id);
+    match (&event.kind, &event.peer) {
+        (ChangeKind::Removed, _) | (_, None) => {
+            let reason = match event.reason {
+                Some(RemovalReason::Expired) => "expired",
+                Some(RemovalReason::NoLongerMatches) => "no longer matches",
+                _ => "unregistered",
+            };
+            format!("removed  {peer_id}  ({reason})\n")
+        }
+        (kind, Some(peer)) => format!(
+            "{:<8} {peer_id}  {}  [{}]  {}\n",
+            if *kind == ChangeKind::Added {
+                "added"
+            } else {
+                "updated"
+            },
+            cell(&peer.multiaddr),
+            list_cell(&peer.capabilities),
+            json_cell(&peer.metadata),
+        ),
     }
 }
