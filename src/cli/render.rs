@@ -300,11 +300,37 @@ pub(crate) fn status(report: &StatusResult, check: Option<&Outcomes>) -> String 
     out
 }
 
+/// One change-feed event as one line: `added agent-7 /ip4/… [compute]`,
+/// `removed agent-7 (expired)`.
+pub(crate) fn event(event: &ChangeEvent) -> String {
+    let peer_id = cell(&event.peer_id);
+    match (&event.kind, &event.peer) {
+        (ChangeKind::Removed, _) | (_, None) => {
+            let reason = match event.reason {
+                Some(RemovalReason::Expired) => "expired",
+                Some(RemovalReason::NoLongerMatches) => "no longer matches",
+                _ => "unregistered",
+            };
+            format!("removed  {peer_id}  ({reason})\n")
+        }
+        (kind, Some(peer)) => format!(
+            "{:<8} {peer_id}  {}  [{}]  {}\n",
+            if *kind == ChangeKind::Added {
+                "added"
+            } else {
+                "updated"
+            },
+            cell(&peer.multiaddr),
+            list_cell(&peer.capabilities),
+            json_cell(&peer.metadata),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::coordinator::{SourceOutcome, SourceStatus};
-    use crate::feed::{ChangeEvent, ChangeKind, RemovalReason};
     use crate::source::SourceName;
     use serde_json::json;
 
@@ -422,32 +448,5 @@ mod tests {
             lines[1].starts_with("github: rate_limited (retry after 37s; "),
             "{lines:?}"
         );
-    }
-}
-
-/// One change-feed event as one line: `added agent-7 /ip4/… [compute]`,
-/// `removed agent-7 (expired)`.
-pub(crate) fn event(event: &ChangeEvent) -> String {
-    let peer_id = cell(&event.peer_id);
-    match (&event.kind, &event.peer) {
-        (ChangeKind::Removed, _) | (_, None) => {
-            let reason = match event.reason {
-                Some(RemovalReason::Expired) => "expired",
-                Some(RemovalReason::NoLongerMatches) => "no longer matches",
-                _ => "unregistered",
-            };
-            format!("removed  {peer_id}  ({reason})\n")
-        }
-        (kind, Some(peer)) => format!(
-            "{:<8} {peer_id}  {}  [{}]  {}\n",
-            if *kind == ChangeKind::Added {
-                "added"
-            } else {
-                "updated"
-            },
-            cell(&peer.multiaddr),
-            list_cell(&peer.capabilities),
-            json_cell(&peer.metadata),
-        ),
     }
 }
