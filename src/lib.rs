@@ -129,6 +129,7 @@ where
                 // guard closes rmcp's input once they are answered, or after its drain
                 // time), then stop.
                 tracing::info!("shutdown requested; finishing the calls already read");
+                coordinator.close_change_feed();
                 guard.stop_reading();
                 let _ = waiting.await;
                 Ok(QuitReason::Cancelled)

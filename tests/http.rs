@@ -595,3 +595,97 @@ async fn sigterm_drains_within_a_bound() {
     held.abort();
     holder.unlock().expect("release");
 }
+
+/// A `peer_changes` long poll is held for its wait, past the hold limit (the limit is
+/// for plain requests), answers as soon as a change arrives, and answers at once, empty,
+/// when the server is told to stop.
+#[tokio::test]
+async fn a_long_poll_outlives_the_hold_limit_and_ends_at_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = start_with(
+        &dir.path().join("r.json"),
+        None,
+        "127.0.0.1:0",
+        &["--http-hold-limit", "1"],
+    )
+    .await;
+    let addr = server.addr.clone();
+    let poll = |id: u64, wait: f64| {
+        let addr = addr.clone();
+        async move {
+            raw(
+                &addr,
+                &post_modern(&addr, "peer_changes"),
+                &modern_call(id, "peer_changes", json!({"wait_seconds": wait})),
+            )
+            .await
+        }
+    };
+    let started = std::time::Instant::now();
+    let (status, body) = poll(1, 2.5).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let answer = answer_of(&body);
+    assert_eq!(
+        answer["result"]["structuredContent"]["events"],
+        json!([]),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(2400),
+        "held {took:?}, not its wait"
+    );
+
+    // A registration ends the wait at once.
+    let held = tokio::spawn(poll(2, 30.0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = raw(
+        &addr,
+        &post_modern(&addr, "register_peer"),
+        &modern_call(
+            3,
+            "register_peer",
+            json!({"peer_id": "arrives", "multiaddr": "/ip4/192.0.2.1/tcp/1"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, body) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the long poll answered when the peer arrived")
+        .expect("task");
+    let answer = answer_of(&body);
+    assert_eq!(
+        answer["result"]["structuredContent"]["events"][0]["peer_id"], "arrives",
+        "{answer}"
+    );
+
+    // At shutdown a held long poll answers at once, empty, and the server exits.
+    let held = tokio::spawn(poll(4, 30.0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.child.id().expect("pid").to_string();
+    let signalled = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the long poll answered at shutdown")
+        .expect("task");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        answer_of(&body)["result"]["structuredContent"]["events"],
+        json!([])
+    );
+    let exited = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(exited.success());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        signalled.elapsed()
+    );
+}

@@ -89,9 +89,14 @@ pub async fn run_http(
     let _ = writeln!(std::io::stderr(), "listening on http://{bound}/mcp");
     let stopping = Arc::new(tokio::sync::Notify::new());
     let stopping_seen = Arc::clone(&stopping);
+    let closing = Arc::clone(&coordinator);
     let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutdown requested; ending the HTTP sessions");
+        // Held long polls answer now, empty, instead of holding the drain; their answers
+        // get a moment to leave before the sessions (and their streams) are ended.
+        closing.close_change_feed();
+        tokio::time::sleep(Duration::from_millis(250)).await;
         stop.cancel();
         stopping.notify_one();
     });
