@@ -22,6 +22,8 @@
 pub mod events;
 mod history;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
