@@ -139,6 +139,30 @@ async fn cross_process(args: &Args, n: usize) -> (Duration, Duration) {
     )
 }
 
+/// Wall time of `calls` heartbeats at `n` peers, with the change feed started or not:
+/// what the feed costs writers (its own writes are not read back).
+async fn heartbeats(args: &Args, n: usize, calls: usize, feed_on: bool) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    fixtures::prefill(&registry, n, now());
+    let server = client(&args.bin, &registry).await;
+    if feed_on {
+        call(&server, "peer_changes", json!({})).await;
+    }
+    let started = Instant::now();
+    for i in 0..calls {
+        call(
+            &server,
+            "update_peer",
+            json!({"peer_id": format!("peer-{:06}", i % n)}),
+        )
+        .await;
+    }
+    let took = started.elapsed();
+    let _ = server.cancel().await;
+    took
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -147,22 +171,15 @@ async fn main() {
         "{} not found: run `cargo build --release` first",
         args.bin.display()
     );
-    eprintln!("\n### Another process's registration, seen by a waiting peer_changes\n");
-    eprintln!("| peers | p50 ms | p99 ms |");
-    eprintln!("| --- | --- | --- |");
-    for &n in &args.peers {
-        let (p50, p99) = cross_process(&args, n).await;
-        eprintln!("| {n} | {} | {} |", ms(p50), ms(p99));
-    }
-
+    // First, while the heap is fresh: RSS growth is then the feed's alone.
     // Memory of the history, in this process: one feed over an empty in-memory source,
     // `events` registrations of distinct peers (so the live state grows too).
-    let source: Arc<dyn Source> = Arc::new(MemorySource::new(
-        SourceName::new("memory").expect("name"),
-    ));
+    let source: Arc<dyn Source> =
+        Arc::new(MemorySource::new(SourceName::new("memory").expect("name")));
     let clock: peer_discovery_mcp::coordinator::Clock = Arc::new(now);
     let before = rss_kib();
     let feed = ChangeFeed::start(vec![source], clock, Duration::from_secs(1)).await;
+    let feed = std::hint::black_box(feed);
     let name = SourceName::LOCAL_FILE;
     for i in 0..args.events {
         let id = format!("peer-{i:06}");
@@ -192,4 +209,25 @@ async fn main() {
         bytes as f64 / 1048576.0,
         after.saturating_sub(before) as f64 / 1024.0
     );
+
+    eprintln!("\n### Another process's registration, seen by a waiting peer_changes\n");
+    eprintln!("| peers | p50 ms | p99 ms |");
+    eprintln!("| --- | --- | --- |");
+    for &n in &args.peers {
+        let (p50, p99) = cross_process(&args, n).await;
+        eprintln!("| {n} | {} | {} |", ms(p50), ms(p99));
+    }
+
+    eprintln!("\n### 200 heartbeats (update_peer, fsync) at 10,000 peers\n");
+    eprintln!("| change feed | total ms | per call ms |");
+    eprintln!("| --- | --- | --- |");
+    for feed_on in [false, true] {
+        let took = heartbeats(&args, 10_000, 200, feed_on).await;
+        eprintln!(
+            "| {} | {} | {} |",
+            if feed_on { "started" } else { "not started" },
+            ms(took),
+            ms(took / 200)
+        );
+    }
 }

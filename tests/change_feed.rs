@@ -62,9 +62,20 @@ async fn four_changes_in_order_each_once() {
     // A heartbeat that changes nothing but the lease is not an event.
     ok(&call(&client, "update_peer", json!({"peer_id": "peer-a"})).await);
     ok(&call(&client, "unregister_peer", json!({"peer_id": "peer-a"})).await);
-    tokio::time::sleep(Duration::from_millis(3200)).await;
-
-    let changes = ok(&call(&client, "peer_changes", json!({"cursor": cursor})).await).clone();
+    // Wait (in the feed, not by the clock of a loaded machine) for D's lease to end.
+    let mut changes = Value::Null;
+    for _ in 0..20 {
+        changes = ok(&call(&client, "peer_changes", json!({"cursor": cursor})).await).clone();
+        if changes["events"].as_array().is_some_and(|e| e.len() >= 4) {
+            break;
+        }
+        call(
+            &client,
+            "peer_changes",
+            json!({"cursor": changes["cursor"], "wait_seconds": 1}),
+        )
+        .await;
+    }
     assert_eq!(
         events(&changes),
         [
@@ -230,4 +241,71 @@ async fn a_cursor_from_a_previous_process_is_refused() {
     let refused = call(&second, "peer_changes", json!({"wait_seconds": 51})).await;
     assert!(err(&refused).contains("wait_seconds"), "{}", err(&refused));
     second.cancel().await.expect("shutdown");
+}
+
+/// A registry file of `n` live peers, written as another program would.
+fn seed(path: &std::path::Path, n: usize) {
+    let now = support::now();
+    let peers: serde_json::Map<String, Value> = (0..n)
+        .map(|i| {
+            let id = format!("seed-{i:05}");
+            (
+                id.clone(),
+                json!({"peer_id": id, "multiaddr": "/ip4/10.0.0.1/tcp/4001",
+                "capabilities": ["storage"], "first_seen": now, "last_seen": now,
+                "source": "local_file", "ttl_seconds": 3600, "metadata": {}}),
+            )
+        })
+        .collect();
+    let file = json!({"peers": peers, "last_cleanup": now});
+    std::fs::write(path, file.to_string()).expect("seed the registry");
+}
+
+/// This server's own writes, one after another, while the feed re-reads the file after
+/// each (its folder watch fires on every write): every peer shows exactly `added` then
+/// `removed`, never a listing read before a write undoing it (a false `removed`, an
+/// `added` twice).
+#[tokio::test]
+async fn own_writes_are_never_undone_by_a_rescan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    seed(&registry, 5_000);
+    let client = support::start(&registry, &["--cleanup-interval", "0"]).await;
+    let cursor = ok(&call(&client, "peer_changes", json!({})).await)["cursor"].clone();
+    // Another process's write makes the feed read the file while ours go on.
+    let other = support::start(&registry, &["--cleanup-interval", "0"]).await;
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let peer = format!("churn-{i}");
+        register(&client, &peer, &["compute"], 600).await;
+        if i % 10 == 0 {
+            register(&other, &format!("other-{i}"), &["storage"], 600).await;
+        }
+        ok(&call(&client, "unregister_peer", json!({"peer_id": peer})).await);
+        expected.push(event("added", &peer, None));
+        expected.push(event("removed", &peer, Some("unregistered")));
+    }
+    let mut seen = Vec::new();
+    let mut position = cursor;
+    loop {
+        let answer = ok(&call(
+            &client,
+            "peer_changes",
+            json!({"cursor": position, "max_events": 1000}),
+        )
+        .await)
+        .clone();
+        seen.extend(events(&answer));
+        position = answer["cursor"].clone();
+        if answer["more"] != true {
+            break;
+        }
+    }
+    let ours: Vec<_> = seen
+        .into_iter()
+        .filter(|(_, p, _)| p.starts_with("churn-"))
+        .collect();
+    assert_eq!(ours, expected);
+    client.cancel().await.expect("shutdown");
+    other.cancel().await.expect("shutdown");
 }

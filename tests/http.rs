@@ -456,6 +456,26 @@ async fn a_request_held_past_the_hold_limit_is_cut() {
             .is_some_and(|m| m.contains("hold limit")),
         "{answer}"
     );
+    // A client in a session (its answers come as event streams) gets the same error.
+    let session = client(addr, "").await;
+    let started = std::time::Instant::now();
+    let refused = session
+        .call_tool(
+            rmcp::model::CallToolRequestParams::new("register_peer").with_arguments(
+                json!({"peer_id": "waits-too", "multiaddr": "/ip4/192.0.2.1/tcp/1"})
+                    .as_object()
+                    .cloned()
+                    .expect("object"),
+            ),
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "held {:?}",
+        started.elapsed()
+    );
+    let message = format!("{refused:?}");
+    assert!(message.contains("hold limit"), "{message}");
     // Reads do not need the lock: the server answers while it is still held.
     let (status, body) = raw(
         addr,
@@ -610,19 +630,31 @@ async fn a_long_poll_outlives_the_hold_limit_and_ends_at_shutdown() {
     )
     .await;
     let addr = server.addr.clone();
-    let poll = |id: u64, wait: f64| {
+    // A cursor first, so that a change made before a poll starts still counts.
+    let (_, body) = raw(
+        &addr,
+        &post_modern(&addr, "peer_changes"),
+        &modern_call(9, "peer_changes", json!({})),
+    )
+    .await;
+    let cursor = answer_of(&body)["result"]["structuredContent"]["cursor"].clone();
+    let poll = |id: u64, wait: f64, cursor: Value| {
         let addr = addr.clone();
         async move {
             raw(
                 &addr,
                 &post_modern(&addr, "peer_changes"),
-                &modern_call(id, "peer_changes", json!({"wait_seconds": wait})),
+                &modern_call(
+                    id,
+                    "peer_changes",
+                    json!({"wait_seconds": wait, "cursor": cursor}),
+                ),
             )
             .await
         }
     };
     let started = std::time::Instant::now();
-    let (status, body) = poll(1, 2.5).await;
+    let (status, body) = poll(1, 2.5, cursor.clone()).await;
     let took = started.elapsed();
     assert_eq!(status, 200, "{body}");
     let answer = answer_of(&body);
@@ -637,7 +669,7 @@ async fn a_long_poll_outlives_the_hold_limit_and_ends_at_shutdown() {
     );
 
     // A registration ends the wait at once.
-    let held = tokio::spawn(poll(2, 30.0));
+    let held = tokio::spawn(poll(2, 30.0, cursor.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (status, _) = raw(
         &addr,
@@ -659,9 +691,10 @@ async fn a_long_poll_outlives_the_hold_limit_and_ends_at_shutdown() {
         answer["result"]["structuredContent"]["events"][0]["peer_id"], "arrives",
         "{answer}"
     );
+    let cursor = answer["result"]["structuredContent"]["cursor"].clone();
 
     // At shutdown a held long poll answers at once, empty, and the server exits.
-    let held = tokio::spawn(poll(4, 30.0));
+    let held = tokio::spawn(poll(4, 30.0, cursor));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = server.child.id().expect("pid").to_string();
     let signalled = std::time::Instant::now();

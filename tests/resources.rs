@@ -164,6 +164,32 @@ async fn a_subscription_hears_of_registrations_and_expiries() {
         uris(&expired),
         ["peers://capability/compute", "peers://peer/short-lived"]
     );
+
+    // Unsubscribed, nothing more: a new compute peer is not announced.
+    for (id, uri) in [
+        (3, "peers://capability/compute"),
+        (4, "peers://peer/short-lived"),
+    ] {
+        raw.send_line(
+            &json!({"jsonrpc": "2.0", "id": id, "method": "resources/unsubscribe", "params": {"uri": uri}})
+                .to_string(),
+        )
+        .await;
+        assert_eq!(raw.expect_id(&json!(id)).await["result"], json!({}));
+    }
+    other
+        .send_line(&register_line(3, "late", &["compute"], 600))
+        .await;
+    other.expect_id(&json!(3)).await;
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), raw.next()).await;
+    assert!(
+        quiet.is_err(),
+        "a notification after unsubscribing: {quiet:?}"
+    );
+    // A URI that is not one of this server's resources cannot be subscribed to.
+    raw.send_line(r#"{"jsonrpc":"2.0","id":5,"method":"resources/subscribe","params":{"uri":"peers://capability/Not Valid"}}"#).await;
+    let refused = raw.expect_id(&json!(5)).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
 }
 
 /// Protocol 2026-07-28: `subscriptions/listen` is acknowledged, and the accepted

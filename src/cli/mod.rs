@@ -315,7 +315,20 @@ async fn watch(
             () = &mut stop => return Ok(ExitCode::SUCCESS),
             read = feed.read(&ask, |_| {}) => read,
         };
-        let changes = read.map_err(|e| Failure::Undone(e.to_string()))?;
+        let changes = match read {
+            Ok(changes) => changes,
+            Err(e @ crate::feed::FeedError::TooOld(..)) => {
+                // More changes landed at once than the history keeps: say so, go on from now.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "warning: {}",
+                    crate::mcp::text::escape_prose(&e.to_string())
+                );
+                ask.cursor = None;
+                continue;
+            }
+            Err(e) => return Err(Failure::Undone(e.to_string())),
+        };
         for event in &changes.events {
             let line = if args.json {
                 let json = serde_json::to_string(event)

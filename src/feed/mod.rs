@@ -25,6 +25,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,6 +101,12 @@ struct Inner {
 struct State {
     peers: PeerTable,
     history: History,
+    /// How many writes of this server were observed; with [`State::written`], lets a
+    /// listing that began before a write leave that peer alone (the write is newer).
+    writes: u64,
+    /// The write number of the latest write of this server to each (source, peer) that a
+    /// listing of that source has not caught up with yet.
+    written: HashMap<(SourceName, String), u64>,
 }
 
 /// The feed of one server process. Its tasks stop when it is dropped.
@@ -158,6 +165,8 @@ impl ChangeFeed {
             state: Mutex::new(State {
                 peers: PeerTable::default(),
                 history: History::new(max_events, max_bytes),
+                writes: 0,
+                written: HashMap::new(),
             }),
             head: watch::Sender::new(0),
             subscribers: broadcast::channel(1024).0,
@@ -166,22 +175,25 @@ impl ChangeFeed {
             clock,
             closed: CancellationToken::new(),
         });
+        // Subscribed before the first listing, so that no change after it goes unsignalled.
+        let signals: Vec<_> = sources.iter().map(|s| s.watch_changes()).collect();
         let now = (inner.clock)();
         let listed = join_all(sources.iter().map(|s| list(s.as_ref(), now, timeout))).await;
         let mut tasks = Vec::new();
-        for (source, listing) in sources.into_iter().zip(listed) {
-            let baselined = match listing {
-                Some(records) => {
-                    inner.take_listing(&source.name(), records, now, true);
-                    true
-                }
-                None => false,
-            };
+        for ((source, signal), listing) in sources.into_iter().zip(signals).zip(listed) {
+            // The first listing is the state the first cursor starts from: no events.
+            // A source that could not be listed now is read again at once, with events
+            // for what it holds (it comes into view).
+            let listed_now = listing.is_some();
+            if let Some(records) = listing {
+                inner.take_listing(&source.name(), records, 0, true);
+            }
             tasks.push(tokio::spawn(follow(
                 Arc::clone(&inner),
                 source,
+                signal,
                 timeout,
-                baselined,
+                !listed_now,
             )));
         }
         tasks.push(tokio::spawn(expire_on_time(Arc::clone(&inner))));
@@ -196,8 +208,14 @@ impl ChangeFeed {
             None => Observed::NoCopy(source.clone()),
         };
         let now = (self.inner.clock)();
-        self.inner.take(|peers| {
-            peers
+        self.inner.take(|state| {
+            state.writes += 1;
+            let number = state.writes;
+            state
+                .written
+                .insert((source.clone(), peer_id.to_owned()), number);
+            state
+                .peers
                 .observe(peer_id, observed, now)
                 .map(|c| vec![(peer_id.to_owned(), c)])
                 .unwrap_or_default()
@@ -259,6 +277,10 @@ impl ChangeFeed {
         let now = (self.inner.clock)();
         let state = self.inner.lock();
         let history = &state.history;
+        if position > history.head() {
+            let text = ask.cursor.clone().unwrap_or_default();
+            return Err(FeedError::NotACursor(text));
+        }
         if !history.serves(position) {
             let text = ask
                 .cursor
@@ -268,9 +290,13 @@ impl ChangeFeed {
         }
         let mut events = Vec::new();
         let mut reached = position;
-        for event in history.after(position) {
+        let mut later = history.after(position);
+        for event in later.by_ref() {
             if events.len() >= ask.max_events.max(1) {
-                return Ok((events, reached, true));
+                // `more` only when an event after these concerns this reader.
+                let more = event.seen_through(&ask.capabilities, now).is_some()
+                    || later.any(|e| e.seen_through(&ask.capabilities, now).is_some());
+                return Ok((events, reached, more));
             }
             reached = event.seq;
             if let Some(seen) = event.seen_through(&ask.capabilities, now) {
@@ -321,12 +347,12 @@ impl Inner {
 
     /// Applies observations under the lock, appends the events they make, and tells
     /// waiting readers and subscribers.
-    fn take(&self, observe: impl FnOnce(&mut PeerTable) -> Vec<(String, Change)>) {
+    fn take(&self, observe: impl FnOnce(&mut State) -> Vec<(String, Change)>) {
         let now = (self.clock)();
         let mut published = Vec::new();
         let head = {
             let mut state = self.lock();
-            for (peer_id, change) in observe(&mut state.peers) {
+            for (peer_id, change) in observe(&mut state) {
                 let bytes = change.after.as_deref().map_or(0, events::record_bytes) + 64;
                 let event = Arc::new(Event {
                     seq: state.history.next_seq(),
@@ -343,57 +369,67 @@ impl Inner {
             }
             state.history.head()
         };
-        self.rescheduled.notify_one();
         if published.is_empty() {
             return;
         }
+        // Only an event can bring the earliest lease end forward (a new peer, a shorter
+        // lease); renewals move it later, and the expiry task finds that when it wakes.
+        self.rescheduled.notify_one();
         self.head.send_replace(head);
         for event in published {
             let _ = self.subscribers.send(event);
         }
     }
 
-    /// Takes a whole listing of `source` read at `read_at`: copies that changed, and
-    /// copies no longer listed. Quiet (no events) for the first listing of a source.
+    /// Takes a whole listing of `source`, read when this server had made `writes_before`
+    /// writes: copies that changed, and copies no longer listed. A peer this server wrote
+    /// to since is left alone (the listing may predate the write). Quiet (no events) for
+    /// the first listing, the state the feed starts from.
     fn take_listing(
         &self,
         source: &SourceName,
         records: Vec<PeerRecord>,
-        read_at: f64,
+        writes_before: u64,
         quiet: bool,
     ) {
         let now = (self.clock)();
-        let mut state = self.lock();
-        let peers = &mut state.peers;
         let mut changes = Vec::new();
-        let mut listed = std::collections::HashSet::with_capacity(records.len());
-        for record in records {
-            listed.insert(record.peer_id.clone());
-            if peers
-                .copy_of(&record.peer_id, source)
-                .is_some_and(|held| **held == record)
-            {
-                continue;
+        {
+            let mut state = self.lock();
+            let State { peers, written, .. } = &mut *state;
+            let newer = |peer_id: &str| {
+                written
+                    .get(&(source.clone(), peer_id.to_owned()))
+                    .is_some_and(|number| *number > writes_before)
+            };
+            let mut listed = HashSet::with_capacity(records.len());
+            for record in records {
+                listed.insert(record.peer_id.clone());
+                if newer(&record.peer_id)
+                    || peers
+                        .copy_of(&record.peer_id, source)
+                        .is_some_and(|held| **held == record)
+                {
+                    continue;
+                }
+                let peer_id = record.peer_id.clone();
+                let observed = Observed::Copy(source.clone(), Arc::new(record));
+                if let Some(change) = peers.observe(&peer_id, observed, now) {
+                    changes.push((peer_id, change));
+                }
             }
-            let peer_id = record.peer_id.clone();
-            let observed = Observed::Copy(source.clone(), Arc::new(record));
-            if let Some(change) = peers.observe(&peer_id, observed, now) {
-                changes.push((peer_id, change));
+            for peer_id in peers.held_by(source) {
+                if listed.contains(&peer_id) || newer(&peer_id) {
+                    continue;
+                }
+                if let Some(change) = peers.observe(&peer_id, Observed::NoCopy(source.clone()), now)
+                {
+                    changes.push((peer_id, change));
+                }
             }
+            // Writes this listing has caught up with need no more protecting.
+            written.retain(|(s, _), number| s != source || *number > writes_before);
         }
-        for peer_id in peers.held_by(source) {
-            // A copy written after the read began is newer than the listing knows.
-            let newer = peers
-                .copy_of(&peer_id, source)
-                .is_some_and(|held| held.last_seen >= read_at);
-            if listed.contains(&peer_id) || newer {
-                continue;
-            }
-            if let Some(change) = peers.observe(&peer_id, Observed::NoCopy(source.clone()), now) {
-                changes.push((peer_id, change));
-            }
-        }
-        drop(state);
         if quiet {
             self.rescheduled.notify_one();
         } else {
@@ -403,30 +439,35 @@ impl Inner {
 }
 
 /// Reads `source` again whenever it says it changed (or every [`POLL_UNWATCHED`] when
-/// it cannot say), and takes the listing.
-async fn follow(inner: Arc<Inner>, source: Arc<dyn Source>, timeout: Duration, baselined: bool) {
+/// it cannot say), and takes the listing; `read_now`: read once at start (its first
+/// listing failed).
+async fn follow(
+    inner: Arc<Inner>,
+    source: Arc<dyn Source>,
+    mut signal: Option<watch::Receiver<u64>>,
+    timeout: Duration,
+    read_now: bool,
+) {
     let name = source.name();
-    let mut signal = source.watch_changes();
-    let mut baselined = baselined;
-    let mut retry = !baselined;
+    let mut retry = read_now;
     loop {
         if !retry {
             match signal.as_mut() {
-                Some(signal) => {
-                    if signal.changed().await.is_err() {
-                        // The watch ended: fall back to reading on a timer.
+                Some(changes) => {
+                    if changes.changed().await.is_err() {
                         tracing::warn!(source = %name, "the source stopped reporting changes; reading it every {POLL_UNWATCHED:?} instead");
+                        signal = None;
                         tokio::time::sleep(POLL_UNWATCHED).await;
                     }
                 }
                 None => tokio::time::sleep(POLL_UNWATCHED).await,
             }
         }
+        let writes_before = inner.lock().writes;
         let read_at = (inner.clock)();
         match list(source.as_ref(), read_at, timeout).await {
             Some(records) => {
-                inner.take_listing(&name, records, read_at, !baselined);
-                baselined = true;
+                inner.take_listing(&name, records, writes_before, false);
                 retry = false;
             }
             None => {
@@ -451,6 +492,6 @@ async fn expire_on_time(inner: Arc<Inner>) {
             () = inner.rescheduled.notified() => continue,
         }
         let now = (inner.clock)();
-        inner.take(|peers| peers.expire(now));
+        inner.take(|state| state.peers.expire(now));
     }
 }

@@ -28,8 +28,16 @@ fn clock() -> (Clock, Arc<AtomicU64>) {
 
 async fn feed_with(max_events: usize, max_bytes: usize) -> (ChangeFeed, Clock) {
     let (clock, _) = clock();
-    let memory: Arc<dyn Source> = Arc::new(MemorySource::new(SourceName::new("memory").expect("name")));
-    let feed = ChangeFeed::start_with(vec![memory], Arc::clone(&clock), Duration::from_secs(1), max_events, max_bytes).await;
+    let memory: Arc<dyn Source> =
+        Arc::new(MemorySource::new(SourceName::new("memory").expect("name")));
+    let feed = ChangeFeed::start_with(
+        vec![memory],
+        Arc::clone(&clock),
+        Duration::from_secs(1),
+        max_events,
+        max_bytes,
+    )
+    .await;
     (feed, clock)
 }
 
@@ -47,17 +55,28 @@ fn ask(cursor: Option<String>) -> ReadChanges {
 async fn copies_merge_and_renewals_are_quiet() {
     let (feed, clock) = feed_with(100, MAX_BYTES).await;
     let now = clock();
-    let (a, b) = (SourceName::new("a").expect("a"), SourceName::new("b").expect("b"));
+    let (a, b) = (
+        SourceName::new("a").expect("a"),
+        SourceName::new("b").expect("b"),
+    );
     let start = feed.read(&ask(None), |_| {}).await.expect("read").cursor;
     feed.observe_write(&a, "p", Some(&record("p", &["x"], now, 600)));
     feed.observe_write(&b, "p", Some(&record("p", &["x"], now, 600)));
     feed.observe_write(&a, "p", Some(&record("p", &["x"], now + 1.0, 600)));
     feed.observe_write(&a, "p", None);
-    let events = feed.read(&ask(Some(start.clone())), |_| {}).await.expect("read").events;
+    let events = feed
+        .read(&ask(Some(start.clone())), |_| {})
+        .await
+        .expect("read")
+        .events;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].kind, ChangeKind::Added);
     feed.observe_write(&b, "p", None);
-    let events = feed.read(&ask(Some(start)), |_| {}).await.expect("read").events;
+    let events = feed
+        .read(&ask(Some(start)), |_| {})
+        .await
+        .expect("read")
+        .events;
     let kinds: Vec<_> = events.iter().map(|e| (e.kind, e.reason)).collect();
     assert_eq!(
         kinds,
@@ -83,12 +102,19 @@ async fn the_history_is_bounded_and_an_old_cursor_is_refused() {
     assert_eq!(peers, 20_000);
     assert_eq!(kept, MAX_EVENTS);
     assert!(bytes <= MAX_BYTES, "{bytes}");
-    let refused = feed.read(&ask(Some(first)), |_| {}).await.expect_err("too old");
+    let refused = feed
+        .read(&ask(Some(first)), |_| {})
+        .await
+        .expect_err("too old");
     assert!(refused.to_string().contains("discover_peers"), "{refused}");
     let mut recent = feed.read(&ask(None), |_| {}).await.expect("read").cursor;
     let (epoch, head) = history::parse_cursor(&recent).expect("cursor");
     recent = history::cursor(epoch, head - 10);
-    let events = feed.read(&ask(Some(recent)), |_| {}).await.expect("read").events;
+    let events = feed
+        .read(&ask(Some(recent)), |_| {})
+        .await
+        .expect("read")
+        .events;
     assert_eq!(events.len(), 10);
     assert_eq!(events[9].peer_id, "peer-19999");
 }
@@ -101,7 +127,8 @@ async fn the_history_is_bounded_by_bytes() {
     for i in 0..1_000 {
         let id = format!("peer-{i}");
         let mut big = record(&id, &["x"], clock(), 600);
-        big.metadata.insert("blob".into(), serde_json::Value::String("x".repeat(1000)));
+        big.metadata
+            .insert("blob".into(), serde_json::Value::String("x".repeat(1000)));
         feed.observe_write(&source, &id, Some(&big));
     }
     let (_, kept, bytes) = feed.size();
@@ -115,7 +142,14 @@ async fn forged_cursors_are_refused() {
     let (feed, _) = feed_with(100, MAX_BYTES).await;
     let now = feed.read(&ask(None), |_| {}).await.expect("read").cursor;
     let (epoch, head) = history::parse_cursor(&now).expect("cursor");
-    for forged in [history::cursor(epoch, head + 5), history::cursor(epoch ^ 1, head), "12-3".to_owned()] {
-        assert!(feed.read(&ask(Some(forged.clone())), |_| {}).await.is_err(), "{forged}");
+    for forged in [
+        history::cursor(epoch, head + 5),
+        history::cursor(epoch ^ 1, head),
+        "12-3".to_owned(),
+    ] {
+        assert!(
+            feed.read(&ask(Some(forged.clone())), |_| {}).await.is_err(),
+            "{forged}"
+        );
     }
 }

@@ -607,7 +607,12 @@ impl ServerHandler for PeerDiscoveryServer {
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
-        Some(requested.supported_by(&self.get_info().capabilities))
+        let mut accepted = requested.supported_by(&self.get_info().capabilities);
+        // Only URIs of this server's resources: no event could touch another.
+        if let Some(uris) = accepted.resource_subscriptions.as_mut() {
+            uris.retain(|uri| resources::is_ours(uri));
+        }
+        Some(accepted)
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {

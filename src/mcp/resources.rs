@@ -39,16 +39,26 @@ enum PeersResource {
 }
 
 impl PeersResource {
+    /// The resource `uri` names; a capability or peer id that breaks the record's rules
+    /// names none (no event could ever touch it).
     fn parse(uri: &str) -> Option<PeersResource> {
         if uri == ALL {
             return Some(PeersResource::All);
         }
         if let Some(name) = uri.strip_prefix(CAPABILITY) {
-            return (!name.is_empty()).then(|| PeersResource::Capability(name.to_owned()));
+            let normalized = crate::peer::normalize_capabilities(&[name.to_owned()]).ok()?;
+            return (normalized.len() == 1 && normalized[0] == name)
+                .then(|| PeersResource::Capability(name.to_owned()));
         }
         let id = uri.strip_prefix(PEER)?;
-        (!id.is_empty()).then(|| PeersResource::Peer(id.to_owned()))
+        crate::peer::PeerId::new(id).ok()?;
+        Some(PeersResource::Peer(id.to_owned()))
     }
+}
+
+/// Whether `uri` names one of this server's resources.
+pub(super) fn is_ours(uri: &str) -> bool {
+    PeersResource::parse(uri).is_some()
 }
 
 fn unknown_uri(uri: &str) -> ErrorData {
@@ -175,8 +185,16 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// Removes `uri`; with none left, the notifying task stops (a new subscribe starts
+    /// another).
     pub(super) fn unsubscribe(&self, uri: &str) {
-        crate::lock(&self.state).uris.remove(uri);
+        let mut state = crate::lock(&self.state);
+        state.uris.remove(uri);
+        if state.uris.is_empty()
+            && let Some(task) = state.forwarder.take()
+        {
+            task.abort();
+        }
     }
 
     fn subscribed(&self) -> BTreeSet<String> {

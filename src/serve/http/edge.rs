@@ -144,10 +144,7 @@ pub(super) async fn jsonrpc_edge(
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(limit = ?edge.hold_limit, "cut a request held past the hold limit");
-            let message = format!(
-                "the request took longer than the server's hold limit ({} s) and its answer was cut; a change it asked for may still complete: check with discover_peers",
-                edge.hold_limit.as_secs()
-            );
+            let message = held_too_long(edge.hold_limit);
             return json(
                 StatusCode::OK,
                 &error_message(id, HELD_TOO_LONG, &message, rule),
@@ -155,12 +152,43 @@ pub(super) async fn jsonrpc_edge(
         }
     };
     let response = restore_unknown_id(response, rule).await;
-    // A streamed answer ends at the deadline, whether or not the client reads it.
+    // A streamed answer ends at the deadline, whether or not the client reads it; an
+    // event stream whose answer had not come gets the same error as its last event.
     let (parts, body) = response.into_parts();
-    let cut = body
-        .into_data_stream()
-        .take_until(tokio::time::sleep_until(until));
+    let last_event = is_event_stream(&parts.headers).then(|| {
+        let error = error_message(id, HELD_TOO_LONG, &held_too_long(edge.hold_limit), rule);
+        Bytes::from(format!("data: {error}\n\n"))
+    });
+    let stream = Box::pin(body.into_data_stream());
+    let deadline = Box::pin(tokio::time::sleep_until(until));
+    let cut = futures::stream::unfold(Some((stream, deadline, last_event)), |state| async move {
+        let (mut stream, mut deadline, last_event) = state?;
+        tokio::select! {
+            item = stream.next() => {
+                let item = item?;
+                Some((item, Some((stream, deadline, last_event))))
+            }
+            () = &mut deadline => {
+                tracing::warn!("cut a streamed answer held past the hold limit");
+                last_event.map(|event| (Ok(event), None))
+            }
+        }
+    });
     Response::from_parts(parts, Body::from_stream(cut))
+}
+
+fn held_too_long(limit: Duration) -> String {
+    format!(
+        "the request took longer than the server's hold limit ({} s) and its answer was cut; a change it asked for may still complete: check with discover_peers",
+        limit.as_secs()
+    )
+}
+
+fn is_event_stream(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
 }
 
 /// rmcp's own refusals (400 with a JSON-RPC error) omit an id they could not read; a

@@ -276,6 +276,7 @@ impl Inner {
         if applied.contains(&Applied::Changed) {
             let written = self.write_atomically(&file, batch.len())?;
             self.writes.fetch_add(1, Ordering::Relaxed);
+            *crate::lock(&self.last_written) = written;
             // Without a stamp of what was written, the next read parses the file again.
             self.set_cache(written.map(|stamp| Snapshot {
                 stamp: Some(stamp),

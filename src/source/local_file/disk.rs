@@ -223,6 +223,7 @@ impl Inner {
             return Ok(Read::Parsed(snapshot));
         }
         self.parses.fetch_add(1, Ordering::Relaxed);
+        self.parsed_foreign.store(true, Ordering::Relaxed);
         match RegistryFile::parse(&mut file, usize::try_from(meta.len()).unwrap_or(0)) {
             // Empty, or truncated since the stamp was taken.
             Ok(None) => Ok(Read::Unsettled {

@@ -41,7 +41,7 @@ pub use options::{LocalFileOptions, default_registry_path};
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +107,11 @@ struct Inner {
     lock_wait: Mutex<Option<Instant>>,
     /// The folder watch of the change feed, once asked for.
     watch: Mutex<Option<watch::FileWatch>>,
+    /// The stamp of the file as this process last wrote it, and whether a version
+    /// written by someone else was parsed since the change feed last looked: together
+    /// they tell a change of our own (which the feed already has) from anyone else's.
+    last_written: Mutex<Option<disk::FileStamp>>,
+    parsed_foreign: AtomicBool,
     /// Every fsync and rename of a write, in order, for the test that proves none is
     /// skipped.
     #[cfg(test)]
@@ -176,6 +181,8 @@ impl LocalFileSource {
             narrowed: AtomicBool::new(false),
             lock_wait: Mutex::new(None),
             watch: Mutex::new(None),
+            last_written: Mutex::new(None),
+            parsed_foreign: AtomicBool::new(false),
             #[cfg(test)]
             durability_log: Mutex::new(Vec::new()),
         };
@@ -297,12 +304,37 @@ impl Source for LocalFileSource {
         std::mem::take(&mut *crate::lock(&self.inner.notices))
     }
 
-    /// Every change of the file, by any process, through a watch of its folder
-    /// ([`watch`]).
+    /// Every change of the file by another process, through a watch of its folder
+    /// ([`watch`]). The file's own writes are left out (the coordinator reports them to
+    /// the feed as they complete): after a burst of events settles, the feed is woken
+    /// unless the file is exactly what this process last wrote and no version written by
+    /// someone else was read since.
     fn watch_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        let (file_watch, changes) = watch::watch_file(&self.inner.dir, &self.inner.path)?;
+        let (file_watch, mut raw) = watch::watch_file(&self.inner.dir, &self.inner.path)?;
         *crate::lock(&self.inner.watch) = Some(file_watch);
-        Some(changes)
+        let (changes, receiver) = tokio::sync::watch::channel(0u64);
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while raw.changed().await.is_ok() {
+                tokio::time::sleep(watch::SETTLE).await;
+                raw.borrow_and_update();
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let foreign = inner.parsed_foreign.swap(false, Ordering::Relaxed);
+                let now = fs::metadata(&inner.path)
+                    .ok()
+                    .map(|m| disk::FileStamp::of(&m));
+                let ours = now.is_some() && now == *crate::lock(&inner.last_written);
+                if !ours || foreign {
+                    changes.send_modify(|n| *n += 1);
+                }
+                if changes.is_closed() {
+                    return;
+                }
+            }
+        });
+        Some(receiver)
     }
 }
 

@@ -17,6 +17,10 @@ use std::time::Duration;
 use notify::{Config, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::watch;
 
+/// How long a burst of events (a temp file written, renamed over the file) is let settle
+/// before the feed is told.
+pub const SETTLE: Duration = Duration::from_millis(20);
+
 /// How often the file's stamp is looked at when no watch can be had.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
