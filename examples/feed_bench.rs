@@ -10,22 +10,19 @@
 
 #[path = "../benches/fixtures.rs"]
 mod fixtures;
+#[path = "../benches/mcp_client.rs"]
+mod mcp_client;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use mcp_client::{call, ms, now, percentile, stdio_client};
 use peer_discovery_mcp::feed::ChangeFeed;
 use peer_discovery_mcp::peer::PeerRecord;
 use peer_discovery_mcp::source::{MemorySource, Source, SourceName};
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
-use serde_json::{Value, json};
-use tokio::process::Command;
+use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
@@ -41,49 +38,6 @@ struct Args {
     /// Events for the memory figure.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
-}
-
-type Client = RunningService<RoleClient, ()>;
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-async fn client(bin: &Path, registry: &Path) -> Client {
-    let cmd = Command::new(bin).configure(|c| {
-        c.arg("--registry-path")
-            .arg(registry)
-            .args(["--cleanup-interval", "0"])
-            .env("RUST_LOG", "warn");
-    });
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn a server");
-    ().serve(transport).await.expect("handshake")
-}
-
-async fn call(client: &Client, tool: &str, arguments: Value) -> Value {
-    let Value::Object(arguments) = arguments else {
-        unreachable!("arguments are an object")
-    };
-    let result = client
-        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments))
-        .await
-        .expect("a tool answer");
-    assert_ne!(result.is_error, Some(true), "{tool} failed: {result:?}");
-    result.structured_content.unwrap_or(Value::Null)
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
 /// Resident memory of this process, in KiB (Linux).
@@ -102,8 +56,8 @@ async fn cross_process(args: &Args, n: usize) -> (Duration, Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = dir.path().join("peer_registry.json");
     fixtures::prefill(&registry, n, now());
-    let watcher = client(&args.bin, &registry).await;
-    let writer = client(&args.bin, &registry).await;
+    let watcher = stdio_client(&args.bin, &registry).await;
+    let writer = stdio_client(&args.bin, &registry).await;
     let mut cursor = call(&watcher, "peer_changes", json!({})).await["cursor"].clone();
     let mut samples = Vec::with_capacity(args.samples);
     for i in 0..args.samples {
@@ -145,7 +99,7 @@ async fn heartbeats(args: &Args, n: usize, calls: usize, feed_on: bool) -> Durat
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = dir.path().join("peer_registry.json");
     fixtures::prefill(&registry, n, now());
-    let server = client(&args.bin, &registry).await;
+    let server = stdio_client(&args.bin, &registry).await;
     if feed_on {
         call(&server, "peer_changes", json!({})).await;
     }

@@ -12,20 +12,21 @@
 
 #[path = "../benches/fixtures.rs"]
 mod fixtures;
+#[path = "../benches/mcp_client.rs"]
+mod mcp_client;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
+use mcp_client::{Client, call, command, ms, now, percentile, stdio_client};
+use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 #[derive(Parser)]
 struct Args {
@@ -47,39 +48,6 @@ struct Args {
     /// Discover calls measured per transport.
     #[arg(long, default_value_t = 1000)]
     discover_calls: usize,
-}
-
-type Client = RunningService<RoleClient, ()>;
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// The server command, with settings from the environment cleared and logs at warn.
-fn command(bin: &Path, registry: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("PEER_REGISTRY_") || key.starts_with("GITHUB_") || key == "GH_TOKEN" {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn")
-        .arg("--registry-path")
-        .arg(registry)
-        .args(["--cleanup-interval", "0"]);
-    cmd
-}
-
-async fn stdio_client(bin: &Path, registry: &Path) -> Client {
-    let cmd = command(bin, registry).configure(|_| {});
-    let (transport, _) = TokioChildProcess::builder(cmd)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn a stdio server");
-    ().serve(transport).await.expect("stdio handshake")
 }
 
 /// One HTTP server on a free loopback port; its address, read from stderr.
@@ -110,18 +78,6 @@ async fn http_client(url: &str) -> Client {
     ().serve(transport).await.expect("HTTP handshake")
 }
 
-async fn call(client: &Client, tool: &str, arguments: Value) -> Value {
-    let Value::Object(arguments) = arguments else {
-        unreachable!("arguments are an object")
-    };
-    let result = client
-        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments))
-        .await
-        .expect("a tool answer");
-    assert_ne!(result.is_error, Some(true), "{tool} failed: {result:?}");
-    result.structured_content.unwrap_or(Value::Null)
-}
-
 /// Each client registers `per_client` new peers one after the other (an agent waits for
 /// its answer), all clients at once; registrations a second, wall clock.
 async fn registrations_a_second(clients: &[Client], per_client: usize) -> f64 {
@@ -141,12 +97,6 @@ async fn registrations_a_second(clients: &[Client], per_client: usize) -> f64 {
     (clients.len() * per_client) as f64 / started.elapsed().as_secs_f64()
 }
 
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let at = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[at.min(samples.len() - 1)]
-}
-
 async fn discover_latency(client: &Client, calls: usize) -> (Duration, Duration) {
     let args = json!({"capability_filter": ["compute"], "max_peers": 50});
     for _ in 0..calls / 10 {
@@ -162,10 +112,6 @@ async fn discover_latency(client: &Client, calls: usize) -> (Duration, Duration)
         percentile(&mut samples, 0.5),
         percentile(&mut samples, 0.99),
     )
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
 fn count_peers(registry: &Path) -> usize {
