@@ -309,3 +309,47 @@ async fn own_writes_are_never_undone_by_a_rescan() {
     client.cancel().await.expect("shutdown");
     other.cancel().await.expect("shutdown");
 }
+
+/// A lease that ends is a `removed`/`expired` event within a second of its `expires_at`,
+/// with no cleanup (background cleanup is off here), dated by the lease's end.
+#[tokio::test]
+async fn an_expiry_is_an_event_within_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = dir.path().join("peer_registry.json");
+    let client = support::start(&registry, &["--cleanup-interval", "0"]).await;
+    let cursor = ok(&call(&client, "peer_changes", json!({})).await)["cursor"].clone();
+    let registered = ok(&call(
+        &client,
+        "register_peer",
+        json!({"peer_id": "brief", "multiaddr": "/ip4/192.0.2.1/tcp/1", "ttl_seconds": 2}),
+    )
+    .await)
+    .clone();
+    let expires_at = registered["peer"]["expires_at"]
+        .as_f64()
+        .expect("expires_at");
+    let mut cursor =
+        ok(&call(&client, "peer_changes", json!({"cursor": cursor})).await)["cursor"].clone();
+    let removed = loop {
+        let answer = ok(&call(
+            &client,
+            "peer_changes",
+            json!({"cursor": cursor, "wait_seconds": 10}),
+        )
+        .await)
+        .clone();
+        cursor = answer["cursor"].clone();
+        if let Some(event) = answer["events"].as_array().and_then(|e| e.first()) {
+            break event.clone();
+        }
+    };
+    let late = support::now() - expires_at;
+    assert_eq!(removed["type"], "removed", "{removed}");
+    assert_eq!(removed["reason"], "expired", "{removed}");
+    assert_eq!(removed["at"].as_f64(), Some(expires_at), "{removed}");
+    assert!(
+        (0.0..1.0).contains(&late),
+        "seen {late} s after the lease ended"
+    );
+    client.cancel().await.expect("shutdown");
+}
