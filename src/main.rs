@@ -41,6 +41,12 @@ fn main() -> ExitCode {
         }
     };
 
+    // The `peers` commands print each source's outcome themselves: a warning that repeats
+    // it would only be noise for the person reading. The server logs warnings.
+    let default_log = match cli.command {
+        Some(peer_discovery_mcp::config::Command::Peers(_)) => "error",
+        _ => "warn",
+    };
     // stdout carries JSON-RPC: every log line goes to stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -50,7 +56,7 @@ fn main() -> ExitCode {
         // which panics on a closed pipe and took the whole server down.)
         .log_internal_errors(false)
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
         )
         .init();
 

@@ -450,6 +450,8 @@ fn unreachable_github<'a>(s: &'a Scratch, extra: &[&'a str]) -> Vec<&'a str> {
 
 async fn run_with_token(s: &Scratch, args: &[&str]) -> Output {
     let out = support::command()
+        // The defaults a person gets: no RUST_LOG.
+        .env_remove("RUST_LOG")
         .args(args)
         .env("XDG_CACHE_HOME", &s.cache_home)
         .env("GITHUB_TOKEN", "ghp_cli_test_secret")
@@ -483,6 +485,8 @@ async fn a_failing_source_is_listed_and_an_undone_operation_exits_1() {
 
     let out = run_with_token(&s, &unreachable_github(&s, &["peers", "list"])).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The failure is the command's own line; no log warning repeats it.
+    assert!(!stderr(&out).contains("WARN"), "{}", stderr(&out));
     let listed = stdout(&out);
     row(&listed, "here");
     assert!(

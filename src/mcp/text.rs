@@ -38,10 +38,12 @@ pub fn escape_prose(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Serialized JSON with every hidden character written as a JSON escape (`\u202e`, a
-/// surrogate pair beyond U+FFFF), so the text stays valid JSON that parses back to the
-/// exact values. JSON's structure is ASCII, so such characters only occur inside strings,
-/// where an escape means the same character.
+/// Compact serialized JSON with every hidden character written as a JSON escape
+/// (`\u202e`, a surrogate pair beyond U+FFFF), so the text stays valid JSON that parses
+/// back to the exact values. In compact JSON (serde_json's `to_string`) such characters
+/// only occur inside strings, where an escape means the same character; pretty-printed
+/// JSON has layout newlines outside strings, which this would escape too: escape it line
+/// by line instead.
 pub fn escape_json(json: &str) -> Cow<'_, str> {
     if !json.chars().any(is_hidden) {
         return Cow::Borrowed(json);
