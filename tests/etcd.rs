@@ -162,9 +162,10 @@ async fn a_killed_server_leaves_its_peers_until_their_leases_end() {
     witness.cancel().await.expect("shutdown");
 }
 
-/// A three-member cluster loses its leader (SIGKILL) while a server registers peers as
-/// fast as it can: every registration acknowledged as `ok` for etcd is in etcd at the
-/// end, and writes succeed again within a few seconds of the kill.
+/// A three-member cluster loses its leader (SIGKILL) while a server registers peers one
+/// after another: every registration acknowledged as `ok` for etcd is in etcd at the
+/// end, writes succeed again within a few seconds of the kill, and once they do, the dead
+/// member (still in the client's endpoint list) fails none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_leader_loses_no_acknowledged_registration() {
     let mut etcd = Etcd::cluster(3);
@@ -173,6 +174,7 @@ async fn a_lost_leader_loses_no_acknowledged_registration() {
 
     let mut acknowledged = BTreeSet::new();
     let mut failed = 0;
+    let mut failed_once_resumed = Vec::new();
     let mut killed_at = None;
     let mut resumed_after = None;
     let started = Instant::now();
@@ -204,6 +206,9 @@ async fn a_lost_leader_loses_no_acknowledged_registration() {
             }
         } else {
             failed += 1;
+            if resumed_after.is_some() {
+                failed_once_resumed.push(support::text(&answer));
+            }
         }
         // Keep the total within one discover page (1,000).
         tokio::time::sleep(Duration::from_millis(12)).await;
@@ -214,6 +219,12 @@ async fn a_lost_leader_loses_no_acknowledged_registration() {
         "writes resumed only {resumed_after:?} after the kill"
     );
     assert!(acknowledged.len() > 100, "too few writes to mean anything");
+    assert!(
+        failed_once_resumed.is_empty(),
+        "{} writes failed after the cluster had a leader again, the first: {:?}",
+        failed_once_resumed.len(),
+        failed_once_resumed.first()
+    );
 
     let seen = discover_etcd(&client, json!({"capability_filter": ["compute"]})).await;
     let held: BTreeSet<String> = ids(&seen).into_iter().collect();
@@ -331,4 +342,46 @@ async fn writers_on_two_connections_lose_no_update() {
             .expect("scan");
         assert_eq!(listing.peers[0].metadata.get("n"), Some(&json!(40)));
     }
+}
+
+/// The change signal (for the change feed) ticks when another connection writes, and
+/// the view then holds what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_signal_ticks_on_another_servers_write() {
+    let etcd = Etcd::start();
+    let watcher = support::etcd_source(&etcd, "/signal/");
+    let writer = support::etcd_source(&etcd, "/signal/");
+    let mut changes = watcher.watch_changes().expect("the etcd source can watch");
+    watcher.warm_up().await;
+    changes.borrow_and_update();
+
+    let now = support::now();
+    let record = Announcement::new(
+        "newcomer".into(),
+        "/ip4/192.0.2.1/tcp/1",
+        &["gpu".into()],
+        Some(600),
+        None,
+        3600,
+    )
+    .expect("valid")
+    .into_record(now);
+    writer
+        .modify(
+            "newcomer",
+            Box::new(move |_| Decision::Write(record.clone())),
+        )
+        .await
+        .expect("register");
+    tokio::time::timeout(Duration::from_secs(2), changes.changed())
+        .await
+        .expect("the signal ticks within 2 s")
+        .expect("the signal stays open");
+    let gpu = PeerFilter::new(&["gpu".into()], false, now + 1.0).expect("filter");
+    let listing = watcher
+        .scan(&gpu, &Progress::default())
+        .await
+        .expect("scan");
+    assert_eq!(listing.peers.len(), 1);
+    assert_eq!(listing.detail, None, "served from the watch-kept view");
 }
