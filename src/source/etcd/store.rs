@@ -79,7 +79,7 @@ struct Granted {
 
 /// How one round ended.
 enum Round {
-    Done(Modified),
+    Done(Box<Modified>),
     /// Someone else changed the peer between the read and the write: read again.
     Lost,
 }
@@ -274,18 +274,18 @@ impl EtcdSource {
         let location = |revision: i64| Some(format!("etcd revision {revision}"));
         let before = held.record.clone();
         match decide(before.as_ref()) {
-            Decision::Keep => Ok(Round::Done(Modified {
+            Decision::Keep => Ok(Round::Done(Box::new(Modified {
                 after: before.clone(),
                 before,
                 written: false,
                 location: held.exists().then(|| location(held.mod_revision)).flatten(),
-            })),
-            Decision::Remove if !held.exists() => Ok(Round::Done(Modified {
+            }))),
+            Decision::Remove if !held.exists() => Ok(Round::Done(Box::new(Modified {
                 before,
                 after: None,
                 written: false,
                 location: None,
-            })),
+            }))),
             Decision::Remove => {
                 take_the_change()?;
                 let mut removals = vec![TxnOp::delete(key, None)];
@@ -302,12 +302,12 @@ impl EtcdSource {
                 self.wrote(revision);
                 // Index keys someone else put on the lease go with it.
                 self.revoke(held.lease).await;
-                Ok(Round::Done(Modified {
+                Ok(Round::Done(Box::new(Modified {
                     before,
                     after: None,
                     written: true,
                     location: location(revision),
-                }))
+                })))
             }
             Decision::Write(mut record) => {
                 record.source = SOURCE.as_str().to_owned();
@@ -374,12 +374,12 @@ impl EtcdSource {
                 if held.lease != granted.id {
                     self.revoke(held.lease).await;
                 }
-                Ok(Round::Done(Modified {
+                Ok(Round::Done(Box::new(Modified {
                     before,
                     after: Some(record),
                     written: true,
                     location: location(revision),
-                }))
+                })))
             }
         }
     }
@@ -428,7 +428,7 @@ impl Source for EtcdSource {
         for round in 0..MAX_ROUNDS {
             match self.round(peer_id, &decide, &mut lease).await {
                 Ok(Round::Done(modified)) => {
-                    result = Ok(modified);
+                    result = Ok(*modified);
                     break;
                 }
                 Ok(Round::Lost) => {
