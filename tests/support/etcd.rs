@@ -2,6 +2,7 @@
 //! ports the OS picks, its data in a temporary folder, killed when dropped. A single
 //! member or a cluster. A missing `etcd` binary fails the test that needs it: with the
 //! `etcd` feature on, these tests never skip.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
