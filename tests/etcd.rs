@@ -385,3 +385,100 @@ async fn the_change_signal_ticks_on_another_servers_write() {
     assert_eq!(listing.peers.len(), 1);
     assert_eq!(listing.detail, None, "served from the watch-kept view");
 }
+
+/// A server cut off from etcd while others write and etcd compacts its history comes
+/// back to the current set: its watch cannot resume from a compacted revision, so it
+/// lists again, and then serves from its view (no `detail`) again. While cut off, its
+/// reads fail rather than serve the old view as current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumed_after_compaction_lists_again() {
+    let etcd = Etcd::start();
+    let proxy = support::etcd::Proxy::start(&etcd.members[0].client_url).await;
+    let settings = peer_discovery_mcp::source::etcd::EtcdSettings {
+        endpoints: vec![proxy.url.clone()],
+        prefix: "/compact/".into(),
+        request_timeout: Duration::from_millis(500),
+    };
+    let cut_off = peer_discovery_mcp::source::EtcdSource::new(settings, None);
+    let writer = support::etcd_source(&etcd, "/compact/");
+    let now = support::now();
+    let write = |id: &str| {
+        let record = Announcement::new(
+            id.into(),
+            "/ip4/192.0.2.1/tcp/1",
+            &[],
+            Some(600),
+            None,
+            3600,
+        )
+        .expect("valid")
+        .into_record(now);
+        Box::new(move |_: Option<&peer_discovery_mcp::peer::PeerRecord>| {
+            Decision::Write(record.clone())
+        })
+    };
+    writer.modify("early", write("early")).await.expect("early");
+    cut_off.warm_up().await;
+    let everything = PeerFilter::new(&[], true, now + 1.0).expect("filter");
+    let listing = cut_off
+        .scan(&everything, &Progress::default())
+        .await
+        .expect("scan");
+    assert_eq!((listing.peers.len(), listing.detail), (1, None));
+
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cut_off
+        .scan(&everything, &Progress::default())
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reads still succeed through a cut link"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writer
+        .modify("during", write("during"))
+        .await
+        .expect("during");
+    let removed = writer
+        .modify("early", Box::new(|_| Decision::Remove))
+        .await
+        .expect("remove early");
+    let revision: i64 = removed
+        .location
+        .as_deref()
+        .and_then(|l| l.strip_prefix("etcd revision "))
+        .and_then(|r| r.parse().ok())
+        .expect("a revision");
+    let compacted = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.endpoints(),
+            "compact",
+            &revision.to_string(),
+        ])
+        .output()
+        .expect("etcdctl compact");
+    assert!(compacted.status.success(), "{compacted:?}");
+    proxy.restore();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(listing) = cut_off.scan(&everything, &Progress::default()).await
+            && listing.detail.is_none()
+        {
+            let ids: Vec<&str> = listing.peers.iter().map(|p| p.peer_id.as_str()).collect();
+            assert_eq!(ids, ["during"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view did not come back within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -264,3 +264,74 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// A TCP proxy on loopback in front of one member, that a test can cut (every
+/// connection through it dropped, new ones refused) and restore: a network fault
+/// between one server and etcd, while other clients still reach it.
+pub struct Proxy {
+    pub url: String,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding to `upstream` (`http://HOST:PORT`). Needs a tokio runtime.
+    pub async fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let open = std::sync::Arc::clone(&open);
+            let connections = std::sync::Arc::clone(&connections);
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    connections
+                        .lock()
+                        .expect("connections")
+                        .push(task.abort_handle());
+                }
+            })
+        };
+        Proxy {
+            url,
+            open,
+            connections,
+            accept,
+        }
+    }
+
+    /// Drops every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().expect("connections").drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

@@ -23,6 +23,9 @@ use crate::source::{Listing, SourceError};
 /// Records a listing page holds: with records of a few hundred bytes, well under etcd's
 /// 4 MiB message limit (which a 10,000-record range exceeds).
 const PAGE: i64 = 1000;
+/// How long a resumed watch that may be replaying missed events stays silent before the
+/// view serves again (see [`View::follow`]).
+const SETTLE: Duration = Duration::from_millis(500);
 /// Longest pause between attempts to list or watch again while etcd fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -227,6 +230,15 @@ impl View {
         }
     }
 
+    /// The watch has sent every event up to `revision`: the view is current.
+    fn caught_up(&self, revision: i64) {
+        self.progress.send_modify(|p| {
+            p.revision = p.revision.max(revision);
+            p.live = true;
+            p.failing = false;
+        });
+    }
+
     fn failed(&self, error: &SourceError, doing: &str) {
         tracing::warn!("etcd source: {doing} failed: {error}; trying again");
         *lock(&self.last_error) = Some(error.to_string());
@@ -254,8 +266,28 @@ impl View {
                 );
             }
         };
+        // After a resume, when etcd is already past where the watch resumed from: the
+        // view is not current until the missed events are replayed (or the watch is
+        // canceled for compaction). etcd 3.4 sends no reliable "caught up" signal (its
+        // progress answer does not wait for a replaying watcher), so the view goes live
+        // on the first replayed event at or past that revision, or after `SETTLE` of
+        // silence: etcd's replay loop runs every 100 ms.
+        let mut replaying_until: Option<(i64, tokio::time::Instant)> = None;
         loop {
-            let message = match stream.message().await {
+            let next = match replaying_until {
+                Some((at, deadline)) => {
+                    match tokio::time::timeout_at(deadline, stream.message()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            replaying_until = None;
+                            self.caught_up(at);
+                            continue;
+                        }
+                    }
+                }
+                None => stream.message().await,
+            };
+            let message = match next {
                 Ok(Some(message)) => message,
                 Ok(None) => {
                     return WatchEnd::Failed(SourceError::Remote(
@@ -277,12 +309,17 @@ impl View {
                     message.cancel_reason()
                 )));
             }
+            let at = message.header().map_or(0, |h| h.revision());
             if message.created() {
                 *lock(&self.last_error) = None;
-                self.progress.send_modify(|p| {
-                    p.live = true;
-                    p.failing = false;
-                });
+                self.progress.send_modify(|p| p.failing = false);
+                if at < from {
+                    // Nothing happened since the revision resumed from: current now.
+                    self.caught_up(at);
+                } else {
+                    replaying_until = Some((at, tokio::time::Instant::now() + SETTLE));
+                }
+                continue;
             }
             if message.events().is_empty() {
                 continue;
@@ -304,6 +341,12 @@ impl View {
             }
             self.progress
                 .send_modify(|p| p.revision = p.revision.max(applied));
+            if let Some((at, _)) = replaying_until
+                && applied >= at
+            {
+                replaying_until = None;
+                self.caught_up(applied);
+            }
             self.changes.send_modify(|n| *n += 1);
         }
     }
