@@ -482,3 +482,68 @@ async fn a_watch_resumed_after_compaction_lists_again() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A plain heartbeat renews the peer's lease and keeps it; one that changes the TTL or
+/// the capabilities moves the record and its index keys to a fresh lease, deletes the
+/// dropped capability's index key, and revokes the old lease; an unregister revokes the
+/// lease. No lease is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_renew_the_lease_and_changes_move_to_a_fresh_one() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = server(&etcd, dir.path(), "s", &[]).await;
+    let record = "/peer-discovery/peers/p";
+    ok(&call(
+        &client,
+        "register_peer",
+        register_args("p", &["gpu", "cpu"], 60),
+    )
+    .await);
+    let first = etcd.lease_of(record).expect("the record is there");
+    assert_ne!(first, 0, "the record is on a lease");
+    assert_eq!(etcd.lease_of("/peer-discovery/caps/gpu/p"), Some(first));
+
+    let beat = call(
+        &client,
+        "update_peer",
+        json!({"peer_id": "p", "sources": ["etcd"]}),
+    )
+    .await;
+    assert_eq!(ok(&beat)["outcomes"]["etcd"]["status"], "ok");
+    assert_eq!(
+        etcd.lease_of(record),
+        Some(first),
+        "a heartbeat keeps the lease"
+    );
+
+    let changed = call(
+        &client,
+        "update_peer",
+        json!({"peer_id": "p", "capabilities": ["cpu"], "ttl_seconds": 120, "sources": ["etcd"]}),
+    )
+    .await;
+    assert_eq!(ok(&changed)["peer"]["ttl_seconds"], 120);
+    let second = etcd.lease_of(record).expect("the record is there");
+    assert!(
+        second != 0 && second != first,
+        "a changed TTL moves to a fresh lease"
+    );
+    assert_eq!(etcd.lease_of("/peer-discovery/caps/cpu/p"), Some(second));
+    assert_eq!(
+        etcd.lease_of("/peer-discovery/caps/gpu/p"),
+        None,
+        "dropped index key"
+    );
+    assert_eq!(etcd.leases(), [second], "the old lease is revoked");
+
+    let gone = call(
+        &client,
+        "unregister_peer",
+        json!({"peer_id": "p", "sources": ["etcd"]}),
+    )
+    .await;
+    assert_eq!(ok(&gone)["removed"], true);
+    assert!(etcd.keys("/peer-discovery/").is_empty());
+    assert!(etcd.leases().is_empty(), "the lease is revoked");
+    client.cancel().await.expect("shutdown");
+}

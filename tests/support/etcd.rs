@@ -335,3 +335,39 @@ impl Drop for Proxy {
         self.accept.abort();
     }
 }
+
+impl Etcd {
+    /// The lease id of `key` (0: none; `None`: no such key), asked with etcdctl.
+    pub fn lease_of(&self, key: &str) -> Option<i64> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoints(), "get", key, "-w", "json"])
+            .output()
+            .expect("etcdctl (Debian: apt-get install etcd-client)");
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        let kv = answer["kvs"].as_array()?.first()?;
+        Some(kv["lease"].as_i64().unwrap_or(0))
+    }
+
+    /// The ids of every lease the cluster holds.
+    pub fn leases(&self) -> Vec<i64> {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.endpoints(),
+                "lease",
+                "list",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl (Debian: apt-get install etcd-client)");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("lease list JSON");
+        answer["leases"]
+            .as_array()
+            .map(|leases| leases.iter().filter_map(|l| l["id"].as_i64()).collect())
+            .unwrap_or_default()
+    }
+}

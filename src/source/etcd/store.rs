@@ -61,6 +61,9 @@ struct Held {
     mod_revision: i64,
     /// 0 when the key has no lease (or there is no key).
     lease: i64,
+    /// Read from the watch-kept view, which may trail etcd: good for a guarded write to
+    /// build on (a stale copy only loses the compare), not for an answer without one.
+    from_view: bool,
 }
 
 impl Held {
@@ -82,6 +85,9 @@ enum Round {
     Done(Box<Modified>),
     /// Someone else changed the peer between the read and the write: read again.
     Lost,
+    /// A round built on the view ended without a write (nothing to do, nothing held):
+    /// an answer only etcd can give, so the round is done again from etcd.
+    Unconfirmed,
 }
 
 impl EtcdSource {
@@ -165,6 +171,7 @@ impl EtcdSource {
                 record: None,
                 mod_revision: 0,
                 lease: 0,
+                from_view: false,
             });
         };
         let record = match decode(peer_id, kv.value()) {
@@ -181,7 +188,57 @@ impl EtcdSource {
             record,
             mod_revision: kv.mod_revision(),
             lease: kv.lease(),
+            from_view: false,
         })
+    }
+
+    /// The copy a round starts from: the view's when `trust_view` and it can say (no
+    /// round trip: heartbeats are mostly this), else etcd's.
+    async fn held(&self, peer_id: &str, trust_view: bool) -> Result<Held, SourceError> {
+        if trust_view && let Some(copy) = self.view.held(peer_id) {
+            let (record, mod_revision, lease) = match copy {
+                Some((record, mod_revision, lease)) => (Some(record), mod_revision, lease),
+                None => (None, 0, 0),
+            };
+            return Ok(Held {
+                record,
+                mod_revision,
+                lease,
+                from_view: true,
+            });
+        }
+        self.read(peer_id).await
+    }
+
+    /// Renews `lease` to its full TTL: that TTL, or 0 when the lease is gone.
+    /// etcd-client's `lease_keep_alive` sends one keepalive and reads its answer (an error
+    /// for a lease that is gone) but keeps the TTL to itself: a second keepalive on the
+    /// same stream (no raft write either) says it.
+    async fn renew(&self, lease: i64) -> Result<i64, SourceError> {
+        let timeout = self.connection.request_timeout();
+        self.connection
+            .call(Retry::Reads, |mut client| async move {
+                let (mut keeper, mut replies) = match client.lease_keep_alive(lease).await {
+                    Ok(stream) => stream,
+                    Err(etcd_client::Error::LeaseKeepAliveError(why))
+                        if why.contains("not found") =>
+                    {
+                        return Ok(0);
+                    }
+                    Err(e) => return Err(e),
+                };
+                keeper.keep_alive().await?;
+                match tokio::time::timeout(timeout, replies.message()).await {
+                    Ok(Ok(Some(reply))) => Ok(reply.ttl().max(0)),
+                    Ok(Ok(None)) => Ok(0),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(etcd_client::Error::GRpcStatus(
+                        tonic::Status::deadline_exceeded("no answer to a lease keepalive"),
+                    )),
+                }
+            })
+            .await
+            .map_err(|f| f.error)
     }
 
     async fn grant(&self, ttl: i64) -> Result<Granted, SourceError> {
@@ -263,8 +320,9 @@ impl EtcdSource {
         peer_id: &str,
         decide: &Decide,
         lease: &mut Option<Granted>,
+        trust_view: bool,
     ) -> Result<Round, SourceError> {
-        let held = self.read(peer_id).await?;
+        let held = self.held(peer_id, trust_view).await?;
         let key = self.layout.peer(peer_id);
         let guard = if held.exists() {
             Compare::mod_revision(key.clone(), CompareOp::Equal, held.mod_revision)
@@ -274,6 +332,10 @@ impl EtcdSource {
         let location = |revision: i64| Some(format!("etcd revision {revision}"));
         let before = held.record.clone();
         match decide(before.as_ref()) {
+            Decision::Keep | Decision::Remove if held.from_view && !held.exists() => {
+                Ok(Round::Unconfirmed)
+            }
+            Decision::Keep if held.from_view => Ok(Round::Unconfirmed),
             Decision::Keep => Ok(Round::Done(Box::new(Modified {
                 after: before.clone(),
                 before,
@@ -312,6 +374,40 @@ impl EtcdSource {
             Decision::Write(mut record) => {
                 record.source = SOURCE.as_str().to_owned();
                 take_the_change()?;
+                // A heartbeat that changes neither the TTL nor the capabilities renews the
+                // peer's lease (no raft write) and rewrites the record on it: the index
+                // keys on the lease stay as they are. A lease of another length (put by
+                // another tool) is replaced by a fresh one below.
+                let renewable = held.lease != 0
+                    && before.as_ref().is_some_and(|b| {
+                        b.ttl_seconds == record.ttl_seconds && b.capabilities == record.capabilities
+                    });
+                let same_length = i64::try_from(record.ttl_seconds).unwrap_or(0);
+                if renewable && self.renew(held.lease).await? == same_length {
+                    let value = encode(&record)?;
+                    let on_lease = PutOptions::new().with_lease(held.lease);
+                    let txn = Txn::new().when([guard]).and_then([TxnOp::put(
+                        key,
+                        value.clone(),
+                        Some(on_lease),
+                    )]);
+                    let landed = |now: &Held| now.lease == held.lease && same_value(now, &value);
+                    let sent = match self.send(peer_id, txn, landed).await {
+                        // The lease ended between the renewal and the write.
+                        Err(SourceError::NotFound(_)) => return Ok(Round::Lost),
+                        other => other?,
+                    };
+                    let Some(revision) = sent else {
+                        return Ok(Round::Lost);
+                    };
+                    self.wrote(revision);
+                    return Ok(Round::Done(Box::new(Modified {
+                        before,
+                        after: Some(record),
+                        written: true,
+                        location: location(revision),
+                    })));
+                }
                 let asked = i64::try_from(record.ttl_seconds).unwrap_or(i64::MAX);
                 let granted = match *lease {
                     Some(granted) if granted.asked == asked => granted,
@@ -347,15 +443,7 @@ impl EtcdSource {
                     ));
                 }
                 let txn = Txn::new().when([guard]).and_then(writes);
-                let ours = value.into_bytes();
-                let landed = |now: &Held| {
-                    now.lease == granted.id
-                        && now
-                            .record
-                            .as_ref()
-                            .and_then(|r| encode(r).ok())
-                            .is_some_and(|v| v.as_bytes() == ours.as_slice())
-                };
+                let landed = |now: &Held| now.lease == granted.id && same_value(now, &value);
                 let sent = match self.send(peer_id, txn, landed).await {
                     Err(SourceError::NotFound(why)) => {
                         // The lease ended before the write (a short TTL and a slow round):
@@ -388,6 +476,14 @@ impl EtcdSource {
     async fn list_direct(&self) -> Result<(Vec<view::Stored>, i64), SourceError> {
         view::list(&self.connection, &self.layout).await
     }
+}
+
+/// Whether the copy read holds exactly `value` (a write whose answer was lost landed).
+fn same_value(held: &Held, value: &str) -> bool {
+    held.record
+        .as_ref()
+        .and_then(|r| encode(r).ok())
+        .is_some_and(|v| v == value)
 }
 
 /// Takes the caller's change before the first write request is sent: from here on the
@@ -425,12 +521,18 @@ impl Source for EtcdSource {
         let mut result = Err(SourceError::Remote(format!(
             "peer `{peer_id}` kept changing in etcd through {MAX_ROUNDS} attempts; try again"
         )));
+        // The first round builds on the view; a lost or unconfirmed one reads etcd.
+        let mut trust_view = true;
         for round in 0..MAX_ROUNDS {
-            match self.round(peer_id, &decide, &mut lease).await {
+            let this_round = self.round(peer_id, &decide, &mut lease, trust_view).await;
+            trust_view = false;
+            match this_round {
                 Ok(Round::Done(modified)) => {
                     result = Ok(*modified);
                     break;
                 }
+                Ok(Round::Unconfirmed) => {}
+                Ok(Round::Lost) if round == 0 => {}
                 Ok(Round::Lost) => {
                     // Other writers of this peer: let them finish before reading again.
                     let pause = Duration::from_millis(1 + (round as u64 * 7) % 20);

@@ -37,10 +37,17 @@ pub(crate) struct Stored {
     pub lease: i64,
 }
 
+/// A record as the view holds it, with what a guarded write compares.
+pub(crate) struct Entry {
+    pub record: PeerRecord,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
 /// The records, indexed by capability, and the keys whose value is not served.
 #[derive(Default)]
 pub(crate) struct Table {
-    records: HashMap<Arc<str>, PeerRecord>,
+    records: HashMap<Arc<str>, Entry>,
     by_capability: HashMap<String, HashSet<Arc<str>>>,
     unusable: HashSet<Arc<str>>,
 }
@@ -49,12 +56,12 @@ impl Table {
     pub(crate) fn from_stored(stored: &[Stored]) -> Table {
         let mut table = Table::default();
         for kv in stored {
-            table.put(&kv.peer_id, &kv.value);
+            table.put(&kv.peer_id, &kv.value, kv.mod_revision, kv.lease);
         }
         table
     }
 
-    fn put(&mut self, peer_id: &str, value: &[u8]) {
+    fn put(&mut self, peer_id: &str, value: &[u8], mod_revision: i64, lease: i64) {
         self.delete(peer_id);
         let id: Arc<str> = Arc::from(peer_id);
         match decode(peer_id, value) {
@@ -65,7 +72,14 @@ impl Table {
                         .or_default()
                         .insert(Arc::clone(&id));
                 }
-                self.records.insert(id, record);
+                self.records.insert(
+                    id,
+                    Entry {
+                        record,
+                        mod_revision,
+                        lease,
+                    },
+                );
             }
             Err(why) => {
                 tracing::debug!(peer_id, "etcd record not served: {why}");
@@ -77,7 +91,7 @@ impl Table {
     fn delete(&mut self, peer_id: &str) {
         self.unusable.remove(peer_id);
         if let Some(old) = self.records.remove(peer_id) {
-            for capability in &old.capabilities {
+            for capability in &old.record.capabilities {
                 if let Some(ids) = self.by_capability.get_mut(capability) {
                     ids.remove(peer_id);
                     if ids.is_empty() {
@@ -92,7 +106,7 @@ impl Table {
     /// every candidate is checked against the whole filter, the best `limit` are copied.
     pub(crate) fn scan(&self, hint: &PeerFilter) -> Listing {
         let candidates: Vec<&PeerRecord> = if hint.capabilities.is_empty() {
-            self.records.values().collect()
+            self.records.values().map(|e| &e.record).collect()
         } else {
             let rarest = hint
                 .capabilities
@@ -103,7 +117,7 @@ impl Table {
             rarest
                 .into_iter()
                 .flatten()
-                .filter_map(|id| self.records.get(id))
+                .filter_map(|id| self.records.get(id).map(|e| &e.record))
                 .collect()
         };
         let mut rejected = self.unusable.len();
@@ -184,6 +198,25 @@ impl View {
 
     pub(crate) fn scan(&self, hint: &PeerFilter) -> Listing {
         lock(&self.table).scan(hint)
+    }
+
+    /// What the view holds for `peer_id`, while it is live: `Some(None)` for no key,
+    /// `Some(Some(..))` for a record it serves; `None` when it cannot say (not live, or
+    /// a value it does not serve). It may trail etcd: only a guarded write may build on it.
+    pub(crate) fn held(&self, peer_id: &str) -> Option<Option<(PeerRecord, i64, i64)>> {
+        if !self.progress.borrow().live {
+            return None;
+        }
+        let table = lock(&self.table);
+        if table.unusable.contains(peer_id) {
+            return None;
+        }
+        Some(
+            table
+                .records
+                .get(peer_id)
+                .map(|e| (e.record.clone(), e.mod_revision, e.lease)),
+        )
     }
 
     /// Lists, then follows the watch, for as long as the task runs (it is aborted when
@@ -333,7 +366,9 @@ impl View {
                         continue;
                     };
                     match event.event_type() {
-                        EventType::Put => table.put(peer_id, kv.value()),
+                        EventType::Put => {
+                            table.put(peer_id, kv.value(), kv.mod_revision(), kv.lease())
+                        }
                         EventType::Delete => table.delete(peer_id),
                     }
                     applied = applied.max(kv.mod_revision());
@@ -444,16 +479,16 @@ mod tests {
     #[test]
     fn the_capability_index_follows_changes() {
         let mut table = Table::default();
-        table.put("a", &value("a", &["gpu", "cpu"], 1000.0));
-        table.put("b", &value("b", &["gpu"], 1001.0));
-        table.put("c", b"{broken");
+        table.put("a", &value("a", &["gpu", "cpu"], 1000.0), 1, 0);
+        table.put("b", &value("b", &["gpu"], 1001.0), 2, 0);
+        table.put("c", b"{broken", 3, 0);
         let gpu = PeerFilter::new(&["gpu".into()], false, 1002.0).expect("filter");
         let listing = table.scan(&gpu);
         assert_eq!(listing.matched, 2);
         assert_eq!(listing.rejected, 1);
         assert_eq!(listing.peers[0].peer_id, "b", "newest first");
 
-        table.put("a", &value("a", &["cpu"], 1003.0));
+        table.put("a", &value("a", &["cpu"], 1003.0), 4, 0);
         let listing = table.scan(&gpu);
         assert_eq!(listing.matched, 1);
         table.delete("b");
