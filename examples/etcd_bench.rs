@@ -416,7 +416,7 @@ fn main() {
         rows.push(Row::timed(
             "register, new peer (source API)",
             registers,
-            "read + lease grant + guarded txn".into(),
+            "lease grant + one guarded txn (the held copy from the view)".into(),
         ));
         let heartbeats = runtime.block_on(async {
             let mut samples = Vec::new();
@@ -434,7 +434,7 @@ fn main() {
         rows.push(Row::timed(
             "heartbeat (source API)",
             heartbeats,
-            "read + lease grant + guarded txn + revoke of the old lease".into(),
+            "lease keepalive + one guarded put on the same lease".into(),
         ));
         let rate = runtime.block_on(sustained_heartbeats(
             &api,
