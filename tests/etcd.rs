@@ -547,3 +547,60 @@ async fn heartbeats_renew_the_lease_and_changes_move_to_a_fresh_one() {
     assert!(etcd.leases().is_empty(), "the lease is revoked");
     client.cancel().await.expect("shutdown");
 }
+
+/// A cluster with auth on: the user and password from the environment reach it
+/// (writes, and discover through the watch-kept view); a wrong password is an `error`
+/// outcome saying the credentials were refused, and never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_the_environment_reach_an_etcd_with_auth_on() {
+    const RIGHT: &str = "right-pw-5f2c";
+    const WRONG: &str = "wrong-pw-9d41";
+    let etcd = Etcd::start();
+    etcd.etcdctl(&["user", "add", "root", "--new-user-password", RIGHT]);
+    etcd.etcdctl(&["auth", "enable"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with_password = |name: &str, password: &str| {
+        let mut command = support::command();
+        command
+            .arg("--registry-path")
+            .arg(dir.path().join(format!("{name}.json")))
+            .args([
+                "--etcd-endpoints",
+                &etcd.endpoints(),
+                "--cleanup-interval",
+                "0",
+            ])
+            .env("PEER_REGISTRY_ETCD_USER", "root")
+            .env("PEER_REGISTRY_ETCD_PASSWORD", password);
+        command
+    };
+
+    let allowed = support::start_command(with_password("allowed", RIGHT)).await;
+    ok(&call(
+        &allowed,
+        "register_peer",
+        register_args("inside", &["gpu"], 600),
+    )
+    .await);
+    let seen = discover_etcd(&allowed, json!({"capability_filter": ["gpu"]})).await;
+    assert_eq!(ids(&seen), ["inside"], "{seen}");
+    assert_eq!(seen["outcomes"]["etcd"].get("detail"), None, "{seen}");
+
+    let refused = support::start_command(with_password("refused", WRONG)).await;
+    let answer = call(
+        &refused,
+        "register_peer",
+        json!({"peer_id": "outside", "multiaddr": "/ip4/192.0.2.9/tcp/1"}),
+    )
+    .await;
+    let etcd_outcome = &ok(&answer)["outcomes"]["etcd"];
+    assert_eq!(etcd_outcome["status"], "error", "{etcd_outcome}");
+    let detail = etcd_outcome["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("refused the credentials"), "{detail}");
+    let status = call(&refused, "registry_status", json!({})).await;
+    for text in [support::text(&answer), support::text(&status)] {
+        assert!(!text.contains(WRONG) && !text.contains(RIGHT), "{text}");
+    }
+    allowed.cancel().await.expect("shutdown");
+    refused.cancel().await.expect("shutdown");
+}

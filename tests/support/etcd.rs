@@ -371,3 +371,21 @@ impl Etcd {
             .unwrap_or_default()
     }
 }
+
+impl Etcd {
+    /// Runs etcdctl with `args` against every live member; panics when it fails.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let output = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoints()])
+            .args(args)
+            .output()
+            .expect("etcdctl (Debian: apt-get install etcd-client)");
+        assert!(
+            output.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}

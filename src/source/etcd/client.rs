@@ -164,7 +164,18 @@ pub(crate) fn classify(error: etcd_client::Error, timeout: Duration) -> Failure 
             let never_sent = message.contains("tcp connect error")
                 || message.contains("error trying to connect")
                 || message.contains("Connection refused");
+            // etcd answers a wrong password with InvalidArgument ("authentication failed").
+            let refused = message.contains("authentication failed")
+                || message.contains("invalid auth token")
+                || message.contains("permission denied");
             match status.code() {
+                _ if refused => failure(
+                    SourceError::Auth(format!(
+                        "etcd refused the credentials in PEER_REGISTRY_ETCD_USER / PEER_REGISTRY_ETCD_PASSWORD: {message}"
+                    )),
+                    false,
+                    false,
+                ),
                 Code::Unauthenticated | Code::PermissionDenied => failure(
                     SourceError::Auth(format!(
                         "etcd refused the credentials in PEER_REGISTRY_ETCD_USER / PEER_REGISTRY_ETCD_PASSWORD: {message}"
