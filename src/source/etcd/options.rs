@@ -177,7 +177,7 @@ put them in PEER_REGISTRY_ETCD_USER and PEER_REGISTRY_ETCD_PASSWORD instead (the
         .map_err(|e| format!("--etcd-endpoints: `{text}` is not a URL ({e})"))?;
     let path_is_empty = matches!(uri.path(), "" | "/") && uri.query().is_none();
     match (uri.scheme_str(), uri.host(), uri.port_u16()) {
-        (Some("http" | "https"), Some(_), Some(_)) if path_is_empty => {
+        (Some("http" | "https"), Some(host), Some(_)) if path_is_empty && !host.is_empty() => {
             Ok(with_scheme.trim_end_matches('/').to_owned())
         }
         _ => Err(format!(

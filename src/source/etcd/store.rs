@@ -516,7 +516,17 @@ impl Source for EtcdSource {
     }
 
     async fn modify(&self, peer_id: &str, decide: Decide) -> Result<Modified, SourceError> {
-        let _turn = self.turn(peer_id).lock().await;
+        let turn = self.turn(peer_id);
+        let _turn = match turn.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                // Said to the caller if it gives up meanwhile: the change is withdrawn.
+                Commitment::current().set_waiting_on(format!(
+                    "another change of a peer in the same lock stripe as `{peer_id}` in this server"
+                ));
+                turn.lock().await
+            }
+        };
         let mut lease = None;
         let mut result = Err(SourceError::Remote(format!(
             "peer `{peer_id}` kept changing in etcd through {MAX_ROUNDS} attempts; try again"
