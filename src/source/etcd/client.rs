@@ -161,9 +161,12 @@ pub(crate) fn classify(error: etcd_client::Error, timeout: Duration) -> Failure 
     match error {
         Error::GRpcStatus(status) => {
             let message = status.message().to_owned();
+            // Never reached etcd, or refused before any apply: a member without a leader
+            // (asked with `require_leader`) answers "no leader". Safe to send again.
             let never_sent = message.contains("tcp connect error")
                 || message.contains("error trying to connect")
-                || message.contains("Connection refused");
+                || message.contains("Connection refused")
+                || message.contains("no leader");
             // etcd answers a wrong password with InvalidArgument ("authentication failed").
             let refused = message.contains("authentication failed")
                 || message.contains("invalid auth token")
