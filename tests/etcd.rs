@@ -604,3 +604,59 @@ async fn credentials_from_the_environment_reach_an_etcd_with_auth_on() {
     allowed.cancel().await.expect("shutdown");
     refused.cancel().await.expect("shutdown");
 }
+
+/// `https://` endpoints work, the member's certificate checked against the trust store
+/// (here the test's CA, given in SSL_CERT_FILE); a server that does not trust it gets
+/// an `error` outcome that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_checked_against_the_trust_store() {
+    let etcd = Etcd::start_tls();
+    let ca = etcd.ca.clone().expect("a TLS etcd has a CA");
+    assert!(etcd.endpoints().starts_with("https://"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let command = |name: &str| {
+        let mut command = support::command();
+        command
+            .arg("--registry-path")
+            .arg(dir.path().join(format!("{name}.json")))
+            .args([
+                "--etcd-endpoints",
+                &etcd.endpoints(),
+                "--cleanup-interval",
+                "0",
+            ])
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        command
+    };
+
+    let mut trusting = command("trusting");
+    trusting.env("SSL_CERT_FILE", &ca);
+    let trusting = support::start_command(trusting).await;
+    ok(&call(
+        &trusting,
+        "register_peer",
+        register_args("over-tls", &[], 600),
+    )
+    .await);
+    let seen = discover_etcd(&trusting, json!({})).await;
+    assert_eq!(ids(&seen), ["over-tls"], "{seen}");
+
+    let distrusting = support::start_command(command("distrusting")).await;
+    let answer = call(
+        &distrusting,
+        "register_peer",
+        json!({"peer_id": "refused", "multiaddr": "/ip4/192.0.2.9/tcp/1"}),
+    )
+    .await;
+    let etcd_outcome = &ok(&answer)["outcomes"]["etcd"];
+    assert_eq!(etcd_outcome["status"], "error", "{etcd_outcome}");
+    assert!(
+        etcd_outcome["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("certificate")),
+        "{etcd_outcome}"
+    );
+    trusting.cancel().await.expect("shutdown");
+    distrusting.cancel().await.expect("shutdown");
+}

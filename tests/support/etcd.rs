@@ -31,6 +31,8 @@ pub struct Member {
 pub struct Etcd {
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// With TLS on the client URLs: the CA that signed the members' certificate.
+    pub ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,9 +53,19 @@ impl Etcd {
 
     /// `size` members forming one cluster; waits until it has a leader.
     pub fn cluster(size: usize) -> Etcd {
+        Etcd::start_with(size, false)
+    }
+
+    /// A single member serving clients over TLS (https://), with a certificate for
+    /// 127.0.0.1 signed by a CA made for it ([`Etcd::ca`]); needs `openssl`.
+    pub fn start_tls() -> Etcd {
+        Etcd::start_with(1, true)
+    }
+
+    fn start_with(size: usize, tls: bool) -> Etcd {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Etcd::try_cluster(size) {
+            match Etcd::try_cluster(size, tls) {
                 Ok(etcd) => return etcd,
                 Err(why) => last = why,
             }
@@ -61,13 +73,15 @@ impl Etcd {
         panic!("could not start etcd in {START_ATTEMPTS} attempts: {last}");
     }
 
-    fn try_cluster(size: usize) -> Result<Etcd, String> {
+    fn try_cluster(size: usize, tls: bool) -> Result<Etcd, String> {
         let dir = tempfile::tempdir().expect("tempdir");
+        let ca = tls.then(|| make_certificates(dir.path()));
+        let scheme = if tls { "https" } else { "http" };
         let members: Vec<Member> = (0..size)
             .map(|i| {
                 let name = format!("m{i}");
                 Member {
-                    client_url: format!("http://127.0.0.1:{}", free_port()),
+                    client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                     peer_url: format!("http://127.0.0.1:{}", free_port()),
                     data_dir: dir.path().join(&name),
                     log: dir.path().join(format!("{name}.log")),
@@ -84,6 +98,7 @@ impl Etcd {
         let mut etcd = Etcd {
             members,
             initial_cluster,
+            ca,
             _dir: dir,
         };
         for i in 0..size {
@@ -113,7 +128,16 @@ impl Etcd {
         let member = &mut self.members[i];
         let log = std::fs::File::create(&member.log).expect("etcd log file");
         let existing = member.data_dir.exists();
-        let child = Command::new(etcd_binary())
+        let mut command = Command::new(etcd_binary());
+        if member.client_url.starts_with("https://") {
+            let certificates = member.data_dir.with_file_name("certificates");
+            command
+                .arg("--cert-file")
+                .arg(certificates.join("server.pem"))
+                .arg("--key-file")
+                .arg(certificates.join("server.key"));
+        }
+        let child = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
@@ -158,6 +182,20 @@ impl Etcd {
 
     /// Whether member `i` answers `/health` with a leader.
     pub fn healthy(&self, i: usize) -> bool {
+        if let Some(ca) = &self.ca {
+            return Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg("--cacert")
+                .arg(ca)
+                .args([
+                    "--endpoints",
+                    &self.members[i].client_url,
+                    "endpoint",
+                    "health",
+                ])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        }
         let address = self.members[i].client_url.trim_start_matches("http://");
         let Ok(mut stream) = TcpStream::connect(address) else {
             return false;
@@ -388,4 +426,74 @@ impl Etcd {
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
+}
+
+/// A CA, and a server certificate for 127.0.0.1 and localhost signed by it, in
+/// `dir/certificates/`; returns the CA's path.
+fn make_certificates(dir: &std::path::Path) -> PathBuf {
+    let certificates = dir.join("certificates");
+    std::fs::create_dir_all(&certificates).expect("certificates folder");
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&certificates)
+            .output()
+            .expect("openssl (Debian: apt-get install openssl)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=peer-discovery-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        certificates.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("extensions");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    certificates.join("ca.pem")
 }
