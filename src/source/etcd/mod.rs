@@ -1,20 +1,21 @@
 //! `EtcdSource` (feature `etcd`): one key per peer in an etcd cluster, on a lease that
 //! is the peer's TTL, so records leave by themselves when their peer stops heartbeating.
 //!
-//! - Layout ([`keys`]): `<prefix>peers/<peer_id>` holds the record as JSON;
+//! - Layout (`keys`): `<prefix>peers/<peer_id>` holds the record as JSON;
 //!   `<prefix>caps/<capability>/<peer_id>` is an empty index key per capability, on the
 //!   same lease, so the record and its index keys leave together.
-//! - Writes ([`Source::modify`]): read the record (and its `mod_revision`), ask
-//!   `decide`, then one transaction guarded by that `mod_revision`: a write puts the
-//!   record and its index keys on a fresh lease of the record's TTL and deletes the
-//!   index keys of dropped capabilities, then the old lease is revoked; a removal deletes
-//!   the keys, then revokes the lease. A lost compare (someone wrote in between) reads
-//!   and decides again.
-//! - Reads ([`Source::scan`]): from the watch-kept view ([`view`]), once it has applied
+//! - Writes ([`crate::source::Source::modify`], in `store`): take the held copy and its `mod_revision`
+//!   (from the view, or read from etcd), ask `decide`, then one transaction guarded by
+//!   that `mod_revision`. A plain heartbeat renews the peer's lease and rewrites the
+//!   record on it; any other write puts the record and its index keys on a fresh lease
+//!   of the record's TTL, deletes the index keys of dropped capabilities, then revokes
+//!   the old lease; a removal deletes the keys, then revokes the lease. A lost compare
+//!   (someone wrote in between, or the view trailed) reads etcd and decides again.
+//! - Reads ([`crate::source::Source::scan`]): from the watch-kept view (`view`), once it has applied
 //!   this source's own last write; while its watch is down, from etcd directly.
-//! - Connection ([`client`]): every endpoint, request timeouts, retries of calls that
+//! - Connection (`client`): every endpoint, request timeouts, retries of calls that
 //!   never left, error mapping.
-//! - Options and opener ([`options`]): compiled in every build.
+//! - Options and opener (`options`): compiled in every build.
 //!
 //! docs/etcd.md says what each fault does to each operation.
 
