@@ -127,7 +127,6 @@ impl Etcd {
         let initial_cluster = self.initial_cluster.clone();
         let member = &mut self.members[i];
         let log = std::fs::File::create(&member.log).expect("etcd log file");
-        let existing = member.data_dir.exists();
         let mut command = Command::new(etcd_binary());
         if member.client_url.starts_with("https://") {
             let certificates = member.data_dir.with_file_name("certificates");
@@ -153,7 +152,7 @@ impl Etcd {
             .arg("--initial-cluster")
             .arg(initial_cluster)
             .arg("--initial-cluster-state")
-            .arg(if existing { "existing" } else { "new" })
+            .arg("new")
             .arg("--initial-cluster-token")
             .arg("peer-discovery-test")
             .arg("--logger=zap")
@@ -224,12 +223,6 @@ impl Etcd {
         for i in 0..self.members.len() {
             self.kill(i);
         }
-    }
-
-    /// Starts member `i` again on its data and ports.
-    pub fn restart(&mut self, i: usize) {
-        self.kill(i);
-        self.launch(i);
     }
 
     /// The index of the current leader, asked of the live members with etcdctl.
