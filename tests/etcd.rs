@@ -660,3 +660,58 @@ async fn https_endpoints_are_checked_against_the_trust_store() {
     trusting.cancel().await.expect("shutdown");
     distrusting.cancel().await.expect("shutdown");
 }
+
+/// A member that goes down and comes back (SIGKILL, then started again on its data) is
+/// reached again by the same server without a restart of the server: writes fail while
+/// it is down, succeed again within seconds of its return, what was written before is
+/// still there, and discover is served from the watch-kept view again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_is_reached_again() {
+    let mut etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = server(&etcd, dir.path(), "s", &["--source-timeout", "3"]).await;
+    ok(&call(&client, "register_peer", register_args("before", &[], 600)).await);
+
+    etcd.kill(0);
+    let down = call(&client, "register_peer", register_args("during", &[], 600)).await;
+    let status = down
+        .structured_content
+        .as_ref()
+        .map(|c| c["outcomes"]["etcd"]["status"].clone());
+    assert_ne!(
+        status,
+        Some(json!("ok")),
+        "a write succeeded with etcd down"
+    );
+
+    etcd.restart(0);
+    let back = Instant::now();
+    loop {
+        let answer = call(&client, "register_peer", register_args("after", &[], 600)).await;
+        if answer.is_error == Some(false) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "writes still fail 10 s after the member came back: {}",
+            support::text(&answer)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = discover_etcd(&client, json!({})).await;
+        let held = ids(&seen);
+        // Served from the watch-kept view again (no detail): the watch reconnected too.
+        let from_view = seen["outcomes"]["etcd"].get("detail").is_none();
+        if from_view && held.contains(&"before".to_owned()) && held.contains(&"after".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "discover after the restart: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client.cancel().await.expect("shutdown");
+}

@@ -225,6 +225,21 @@ impl Etcd {
         }
     }
 
+    /// Starts member `i` again on its data and ports (after [`Etcd::kill`]), and waits
+    /// until it answers.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.launch(i);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.healthy(i) {
+            assert!(
+                Instant::now() < deadline,
+                "member {i} did not come back in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The index of the current leader, asked of the live members with etcdctl.
     pub fn leader(&self) -> Option<usize> {
         let live: Vec<&Member> = self.members.iter().filter(|m| m.child.is_some()).collect();
