@@ -6,7 +6,8 @@
 //! - [`peer`]: the peer record, its validation rules and lease maths (time is an argument).
 //! - [`source`]: the [`source::Source`] trait, one storage backend ("source")
 //!   per module: [`source::local_file`] is the JSON file shared by every process on the
-//!   machine; [`source::github`] keeps one GitHub issue per peer in a shared repository.
+//!   machine; [`source::github`] keeps one GitHub issue per peer in a shared repository;
+//!   [`source::etcd`] (feature `etcd`) keeps one key per peer on a lease in an etcd cluster.
 //! - [`coordinator`]: fans each call out to the chosen sources under a timeout, merges
 //!   (dedup by `peer_id`, newest `last_seen` wins), ranks, reports per-source outcomes,
 //!   and cleans up expired peers in the background.

@@ -1,5 +1,6 @@
 //! The promises of the `Source` trait (src/source/mod.rs), checked the same way against
-//! every source: the in-memory one, the local file, and GitHub on the fake. A new source
+//! every source: the in-memory one, the local file, GitHub on the fake, and etcd (a real
+//! one, started by the test, with the `etcd` feature). A new source
 //! adds one test here that calls `keeps_the_contract` with it.
 
 mod support;
@@ -227,5 +228,14 @@ async fn github_source_keeps_the_contract() {
         per_hour: 1000,
     };
     let source = support::github_source(&fake, budget);
+    keeps_the_contract(Arc::new(source), support::now()).await;
+}
+
+/// The etcd source keeps the contract, against a real single-member etcd.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn etcd_source_keeps_the_contract() {
+    let etcd = support::etcd::Etcd::start();
+    let source = support::etcd_source(&etcd, "/contract/");
     keeps_the_contract(Arc::new(source), support::now()).await;
 }

@@ -6,9 +6,11 @@
 //! [`crate::coordinator`]. A source runs the closure it is handed inside its own atomic
 //! section, so that two writers never lose each other's changes.
 //!
-//! One module a source: [`local_file`], [`github`], [`memory`] (for tests and embedding);
+//! One module a source: [`local_file`], [`github`], [`etcd`] (feature `etcd`), [`memory`]
+//! (for tests and embedding);
 //! [`name`] holds the one list of the built-in sources.
 
+pub mod etcd;
 pub mod github;
 pub mod local_file;
 pub mod memory;
@@ -21,6 +23,9 @@ use async_trait::async_trait;
 
 use crate::peer::{PeerFilter, PeerRecord};
 
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdSource;
+pub use etcd::{EtcdCredentials, EtcdOptions};
 pub use github::{GitHubIssuesSource, GitHubOptions};
 pub use local_file::{LocalFileOptions, LocalFileSource};
 pub use memory::MemorySource;
@@ -225,6 +230,8 @@ pub struct SourceOptions {
     pub local_file: LocalFileOptions,
     #[command(flatten)]
     pub github: GitHubOptions,
+    #[command(flatten)]
+    pub etcd: EtcdOptions,
 }
 
 /// What opening one source from its options gave.
@@ -244,12 +251,14 @@ pub enum Opened {
 #[derive(Default)]
 pub struct Secrets {
     pub github_token: Option<String>,
+    pub etcd: EtcdCredentials,
 }
 
 impl Secrets {
     pub fn from_env() -> Self {
         Secrets {
             github_token: github::github_token_from_env(),
+            etcd: EtcdCredentials::from_env(),
         }
     }
 }
@@ -262,6 +271,7 @@ pub fn open_all(options: &SourceOptions, secrets: Secrets) -> Result<Vec<Opened>
     Ok(vec![
         options.local_file.open()?,
         options.github.open(secrets.github_token)?,
+        options.etcd.open(secrets.etcd)?,
     ])
 }
 

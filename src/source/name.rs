@@ -36,7 +36,11 @@ pub const BUILT_IN: &[BuiltIn] = &[
     BuiltIn {
         name: "etcd",
         description: "one key per peer on a lease in an etcd cluster",
-        how_to_enable: "not built in: the etcd source is not part of this release yet",
+        how_to_enable: if cfg!(feature = "etcd") {
+            "not configured: set --etcd-endpoints URL[,URL...] (or PEER_REGISTRY_ETCD_ENDPOINTS)"
+        } else {
+            super::etcd::NOT_BUILT_IN
+        },
     },
 ];
 
@@ -51,6 +55,7 @@ pub struct SourceName(Cow<'static, str>);
 impl SourceName {
     pub const LOCAL_FILE: SourceName = SourceName(Cow::Borrowed("local_file"));
     pub const GITHUB: SourceName = SourceName(Cow::Borrowed("github"));
+    pub const ETCD: SourceName = SourceName(Cow::Borrowed("etcd"));
 
     /// A name of the source's choosing: 1 to 32 of `a-z 0-9 _`, starting with a letter.
     pub fn new(name: &str) -> Result<SourceName, String> {

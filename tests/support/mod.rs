@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: start the real binary, call its tools.
 #![allow(dead_code)]
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod fake_github;
 pub mod sources;
 
@@ -175,6 +177,18 @@ pub fn seed_peer(
         &body,
         &labels,
     ))
+}
+
+/// An etcd source in this process on `etcd`'s members under `prefix`: 2 s request
+/// timeouts, no credentials.
+#[cfg(feature = "etcd")]
+pub fn etcd_source(etcd: &etcd::Etcd, prefix: &str) -> peer_discovery_mcp::source::EtcdSource {
+    let settings = peer_discovery_mcp::source::etcd::EtcdSettings {
+        endpoints: etcd.members.iter().map(|m| m.client_url.clone()).collect(),
+        prefix: prefix.to_owned(),
+        request_timeout: std::time::Duration::from_secs(2),
+    };
+    peer_discovery_mcp::source::EtcdSource::new(settings, None)
 }
 
 /// Unix seconds now.
