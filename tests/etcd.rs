@@ -715,3 +715,63 @@ async fn a_restarted_member_is_reached_again() {
     }
     client.cancel().await.expect("shutdown");
 }
+
+/// The change feed over etcd: a `peer_changes` long poll on one server sees another
+/// server's registration through etcd's watch (each server has its own file, so etcd is
+/// the only way across), and its removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_sees_another_servers_peers_through_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = server(&etcd, dir.path(), "a", &[]).await;
+    let b = server(&etcd, dir.path(), "b", &[]).await;
+    let start = ok(&call(&a, "peer_changes", json!({})).await).clone();
+
+    let poll = call(
+        &a,
+        "peer_changes",
+        json!({"cursor": start["cursor"], "wait_seconds": 10}),
+    );
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ok(&call(
+            &b,
+            "register_peer",
+            register_args("via-etcd", &["gpu"], 600),
+        )
+        .await);
+        Instant::now()
+    };
+    let (seen, written_at) = tokio::join!(poll, write);
+    let waited = written_at.elapsed();
+    let seen = ok(&seen).clone();
+    assert_eq!(seen["events"][0]["type"], "added", "{seen}");
+    assert_eq!(seen["events"][0]["peer_id"], "via-etcd", "{seen}");
+    assert_eq!(
+        seen["events"][0]["peer"]["sources"],
+        json!(["etcd"]),
+        "{seen}"
+    );
+    assert!(
+        waited < Duration::from_secs(1),
+        "seen {waited:?} after the write"
+    );
+
+    ok(&call(
+        &b,
+        "unregister_peer",
+        json!({"peer_id": "via-etcd", "sources": ["etcd"]}),
+    )
+    .await);
+    let gone = ok(&call(
+        &a,
+        "peer_changes",
+        json!({"cursor": seen["cursor"], "wait_seconds": 10}),
+    )
+    .await)
+    .clone();
+    assert_eq!(gone["events"][0]["type"], "removed", "{gone}");
+    assert_eq!(gone["events"][0]["reason"], "unregistered", "{gone}");
+    a.cancel().await.expect("shutdown");
+    b.cancel().await.expect("shutdown");
+}
