@@ -10,7 +10,7 @@ use crate::source::{Opened, SourceName};
 
 /// What a build without the feature says (its `disabled` outcome, and the start-up error
 /// when endpoints are given anyway).
-pub const NOT_BUILT_IN: &str = "not built in: build with `cargo install peer-discovery-mcp --features etcd` (needs protoc: apt-get install protobuf-compiler libprotobuf-dev)";
+pub const NOT_BUILT_IN: &str = "not built in: build with `--features etcd` (in a checkout: `cargo install --path . --locked --features etcd`) (needs protoc: apt-get install protobuf-compiler libprotobuf-dev)";
 
 /// The etcd source: one key per peer on a lease in an etcd cluster.
 #[derive(Debug, Clone, Args)]
