@@ -15,6 +15,7 @@ pub mod github;
 pub mod local_file;
 pub mod memory;
 pub mod name;
+mod quiet_url;
 
 use std::sync::Arc;
 use std::time::Duration;

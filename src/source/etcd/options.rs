@@ -26,7 +26,7 @@ pub struct EtcdOptions {
         value_name = "URL,...",
         global = true,
         value_delimiter = ',',
-        value_parser = EndpointParser
+        value_parser = crate::source::quiet_url::QuietUrlParser { flag: "--etcd-endpoints", parse: parse_endpoint }
     )]
     pub etcd_endpoints: Vec<String>,
 
@@ -120,32 +120,6 @@ impl EtcdOptions {
         Ok(Opened::On {
             description: source.describe(),
             source: std::sync::Arc::new(source),
-        })
-    }
-}
-
-/// Parses one endpoint. Its errors are built by hand (`clap::Error::raw`) because clap's
-/// own would quote the value, and a URL with userinfo holds a secret.
-#[derive(Debug, Clone, Copy)]
-struct EndpointParser;
-
-impl clap::builder::TypedValueParser for EndpointParser {
-    type Value = String;
-
-    fn parse_ref(
-        &self,
-        _cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<String, clap::Error> {
-        let text = value.to_str().ok_or_else(|| {
-            clap::Error::raw(
-                clap::error::ErrorKind::InvalidUtf8,
-                "--etcd-endpoints is not valid UTF-8\n",
-            )
-        })?;
-        parse_endpoint(text).map_err(|e| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
         })
     }
 }

@@ -32,7 +32,7 @@ pub struct GitHubOptions {
         value_name = "URL",
         global = true,
         default_value = "https://api.github.com",
-        value_parser = ApiUrlParser
+        value_parser = crate::source::quiet_url::QuietUrlParser { flag: "--github-api-url", parse: parse_api_url }
     )]
     pub github_api_url: String,
 
@@ -116,32 +116,6 @@ pub fn github_token_from_env() -> Option<String> {
         .filter_map(|name| std::env::var(name).ok())
         .map(|token| token.trim().to_owned())
         .find(|token| !token.is_empty())
-}
-
-/// Parses `--github-api-url`. Its errors are built by hand (`clap::Error::raw`) because
-/// clap's own would quote the value, and a URL with userinfo holds a secret.
-#[derive(Debug, Clone, Copy)]
-struct ApiUrlParser;
-
-impl clap::builder::TypedValueParser for ApiUrlParser {
-    type Value = String;
-
-    fn parse_ref(
-        &self,
-        _cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<String, clap::Error> {
-        let text = value.to_str().ok_or_else(|| {
-            clap::Error::raw(
-                clap::error::ErrorKind::InvalidUtf8,
-                "--github-api-url is not valid UTF-8\n",
-            )
-        })?;
-        parse_api_url(text).map_err(|e| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
-        })
-    }
 }
 
 /// An http(s) URL with a host and no userinfo. A URL with `user:password@` is refused
