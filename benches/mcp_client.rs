@@ -1,10 +1,10 @@
 //! What the end-to-end examples share: the server binary started as a stdio child with
-//! rmcp's client, tool calls, and the figures' arithmetic (included with `#[path]`).
+//! rmcp's client, and tool calls (included with `#[path]`).
 #![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::RunningService;
@@ -59,14 +59,4 @@ pub async fn call(client: &Client, tool: &str, arguments: Value) -> Value {
         .expect("a tool answer");
     assert_ne!(result.is_error, Some(true), "{tool} failed: {result:?}");
     result.structured_content.unwrap_or(Value::Null)
-}
-
-pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    let at = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[at.min(samples.len() - 1)]
-}
-
-pub fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
 }

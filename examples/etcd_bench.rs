@@ -16,7 +16,10 @@
 
 #[path = "../tests/support/etcd.rs"]
 mod etcd_launcher;
+#[path = "../benches/figures.rs"]
+mod figures;
 
+use figures::{ms, percentile};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -83,16 +86,6 @@ fn record(peer_id: &str, i: usize, at: f64) -> PeerRecord {
     )
     .expect("valid record")
     .into_record(at)
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort_unstable();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index.min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 struct Row {

@@ -8,6 +8,8 @@
 //! ```
 //! Figures are written to stderr as Markdown (stdout is left alone).
 
+#[path = "../benches/figures.rs"]
+mod figures;
 #[path = "../benches/fixtures.rs"]
 mod fixtures;
 #[path = "../benches/mcp_client.rs"]
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mcp_client::{call, ms, now, percentile, stdio_client};
+use figures::{ms, percentile};
+use mcp_client::{call, now, stdio_client};
 use peer_discovery_mcp::feed::ChangeFeed;
 use peer_discovery_mcp::peer::PeerRecord;
 use peer_discovery_mcp::source::{MemorySource, Source, SourceName};

@@ -10,6 +10,8 @@
 //! ```
 //! Figures are written to stderr as Markdown (stdout is left alone).
 
+#[path = "../benches/figures.rs"]
+mod figures;
 #[path = "../benches/fixtures.rs"]
 mod fixtures;
 #[path = "../benches/mcp_client.rs"]
@@ -20,7 +22,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mcp_client::{Client, call, command, ms, now, percentile, stdio_client};
+use figures::{ms, percentile};
+use mcp_client::{Client, call, command, now, stdio_client};
 use rmcp::ServiceExt;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;

@@ -11,9 +11,12 @@
 
 #[path = "../tests/support/fake_github.rs"]
 mod fake_github;
+#[path = "../benches/figures.rs"]
+mod figures;
 #[path = "../benches/fixtures.rs"]
 mod fixtures;
 
+use figures::{ms, percentile};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -175,16 +178,6 @@ impl Session {
         drop(self.stdin);
         let _ = self.child.wait();
     }
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort_unstable();
-    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[index.min(samples.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
 struct Row {

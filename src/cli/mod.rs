@@ -254,8 +254,11 @@ pub(crate) fn emit(out: &mut dyn Write, text: &str) -> Result<(), Failure> {
 /// stderr and its exit code). Needs a tokio runtime.
 pub async fn run(args: PeersArgs, coordinator: Arc<Coordinator>) -> ExitCode {
     let coordinator = coordinator.as_ref();
-    // Not locked: nothing else writes to stdout, and a lock held across awaits is not
-    // worth the risk of blocking a worker thread that logs by mistake.
+    // The one place stdout is written on purpose: `peers` commands print their result for
+    // a person, and main.rs runs them instead of a server, never beside one (in server
+    // mode stdout carries JSON-RPC and only the transports write it). Not locked: nothing
+    // else writes to stdout here, and a lock held across awaits could block a worker
+    // thread that logs by mistake.
     let out = &mut std::io::stdout();
     let outcome = match args.command {
         PeersCommand::List(args) => list(coordinator, args, out).await,

@@ -49,7 +49,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::serve::jsonrpc::{Negotiated, error_message, restore_null_id, top_level_id};
+use crate::serve::jsonrpc::{Negotiated, UnknownId, error_message, restore_null_id, top_level_id};
 use lines::{Line, check_line, json_line, read_bounded_line};
 use order::{Access, IdKey, Order, response_id};
 
@@ -356,15 +356,17 @@ async fn dispatch<T: AsyncWrite + Unpin>(
 }
 
 /// An error rmcp wrote without an `id` (it follows MCP 2026-07-28, which omits an id it
-/// could not read) gets `"id": null` when the client speaks an older protocol. Only lines
-/// that have no `"id":` member text at all are parsed, so answers pay nothing.
+/// could not read) gets `"id": null` when the client speaks an older protocol. rmcp writes
+/// an error's members in the order `jsonrpc`, `id`, `error`, so only a line that starts
+/// `{"jsonrpc":"2.0","error"` lacks its id: every other answer is passed on after one
+/// prefix comparison, whatever its size.
 fn fix_unknown_id(line: &mut Vec<u8>, negotiated: &Negotiated) {
-    let has_id = line.windows(5).any(|w| w == b"\"id\":");
-    if has_id || !line.windows(7).any(|w| w == b"\"error\"") {
+    const IDLESS_ERROR: &[u8] = br#"{"jsonrpc":"2.0","error""#;
+    if negotiated.unknown_id() != UnknownId::Null || !line.starts_with(IDLESS_ERROR) {
         return;
     }
     if let Ok(mut message) = serde_json::from_slice::<Value>(line)
-        && restore_null_id(&mut message, negotiated.unknown_id())
+        && restore_null_id(&mut message, UnknownId::Null)
     {
         *line = json_line(&message);
     }

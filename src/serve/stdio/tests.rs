@@ -263,3 +263,37 @@ async fn lines_are_checked_and_bounded() {
     );
     assert_eq!(out.len(), 4);
 }
+
+/// An error rmcp writes without an id (its members in the order jsonrpc, id, error) gets
+/// `"id": null` for a client of an older protocol and stays as written for a 2026-07-28
+/// one; answers with an id, including ones whose text mentions "error", are untouched.
+#[test]
+fn an_idless_error_of_rmcp_gets_a_null_id_for_older_clients() {
+    let idless = serde_json::to_vec(&rmcp::model::JsonRpcError::new(
+        None,
+        rmcp::ErrorData::invalid_request("bad", None),
+    ))
+    .expect("json");
+    let older = Negotiated::default();
+    let mut line = idless.clone();
+    fix_unknown_id(&mut line, &older);
+    let fixed: Value = serde_json::from_slice(&line).expect("json");
+    assert_eq!(fixed.get("id"), Some(&Value::Null), "{fixed}");
+    assert_eq!(fixed["error"]["code"], -32600);
+
+    let newer = Negotiated::default();
+    newer.observe(&json!({"method": "server/discover", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}));
+    let mut line = idless.clone();
+    fix_unknown_id(&mut line, &newer);
+    assert_eq!(line, idless);
+
+    for answer in [
+        json!({"jsonrpc": "2.0", "id": 3, "error": {"code": -32601, "message": "x"}}),
+        json!({"jsonrpc": "2.0", "id": 4, "result": {"text": "\"error\" in a peer's metadata"}}),
+    ] {
+        let written = serde_json::to_vec(&answer).expect("json");
+        let mut line = written.clone();
+        fix_unknown_id(&mut line, &older);
+        assert_eq!(line, written);
+    }
+}
