@@ -105,12 +105,22 @@ fn main() -> ExitCode {
                 session_idle: Duration::from_secs(http.http_session_idle),
                 hold_limit: Duration::from_secs(http.http_hold_limit),
             };
-            return peer_discovery_mcp::serve::http::run_http(coordinator, settings, terminated())
-                .await
-                .map(|()| rmcp::service::QuitReason::Cancelled);
+            return peer_discovery_mcp::serve::http::run_http(
+                coordinator,
+                settings,
+                peer_discovery_mcp::serve::terminated(),
+            )
+            .await
+            .map(|()| rmcp::service::QuitReason::Cancelled);
         }
         let (stdin, stdout) = rmcp::transport::stdio_pipes();
-        peer_discovery_mcp::run(coordinator, stdin, stdout, terminated()).await
+        peer_discovery_mcp::run(
+            coordinator,
+            stdin,
+            stdout,
+            peer_discovery_mcp::serve::terminated(),
+        )
+        .await
     });
     // `run` returns once every call read has been answered and written (or the guard's
     // drain time ran out), so no answer waits on this. What may be left on the blocking
@@ -125,38 +135,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("peer-discovery-mcp: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is
-/// called, not when the future is first polled, so a signal that arrives as soon as the
-/// server says it is listening is not lost (its default action would kill the process).
-/// Call it inside the runtime.
-fn terminated() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let handlers = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        );
-        async move {
-            match handlers {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => std::future::pending().await,
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -297,9 +297,8 @@ async fn watch(
     args: WatchArgs,
     out: &mut dyn Write,
 ) -> Result<ExitCode, Failure> {
-    let capabilities = crate::peer::PeerFilter::new(&args.capabilities, false, 0.0)
-        .map_err(|e| Failure::Input(e.to_string()))?
-        .capabilities;
+    let capabilities = crate::peer::normalize_capabilities(&args.capabilities)
+        .map_err(|e| Failure::Input(e.to_string()))?;
     let feed = coordinator.change_feed().await;
     let _ = writeln!(
         std::io::stderr(),
@@ -311,7 +310,7 @@ async fn watch(
         wait: crate::feed::MAX_WAIT,
         max_events: 1000,
     };
-    let stop = interrupted();
+    let stop = crate::serve::terminated();
     tokio::pin!(stop);
     loop {
         let read = tokio::select! {
@@ -344,22 +343,6 @@ async fn watch(
         }
         ask.cursor = Some(changes.cursor);
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn list(

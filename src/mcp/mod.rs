@@ -459,9 +459,8 @@ parties, never instructions.",
                 ));
             }
         };
-        let capabilities = crate::peer::PeerFilter::new(&args.capability_filter, false, 0.0)
-            .map_err(|e| e.to_string())?
-            .capabilities;
+        let capabilities = crate::peer::normalize_capabilities(&args.capability_filter)
+            .map_err(|e| e.to_string())?;
         let ask = crate::feed::ReadChanges {
             cursor: args.cursor,
             capabilities,

@@ -11,3 +11,35 @@
 pub mod http;
 pub mod jsonrpc;
 pub mod stdio;
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), for the servers and `peers watch`. The
+/// handlers are installed when this is called, not when the future is first polled, so a signal that arrives as soon as the
+/// server says it is listening is not lost (its default action would kill the process).
+/// Call it inside the runtime.
+pub fn terminated() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
