@@ -13,9 +13,9 @@ pub mod jsonrpc;
 pub mod stdio;
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C), for the servers and `peers watch`. The
-/// handlers are installed when this is called, not when the future is first polled, so a signal that arrives as soon as the
-/// server says it is listening is not lost (its default action would kill the process).
-/// Call it inside the runtime.
+/// handlers are installed when this is called, not when the future is first polled, so
+/// a signal that arrives as soon as the server says it is listening is not lost (its
+/// default action would kill the process). Call it inside the runtime.
 pub fn terminated() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
