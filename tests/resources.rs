@@ -20,12 +20,12 @@ fn register_line(id: u64, peer: &str, caps: &[&str], ttl: u64) -> String {
 
 /// Reads messages until `n` `notifications/resources/updated` arrive (answers to requests
 /// are skipped); their URIs, and the notifications' `_meta`s.
-async fn updates(raw: &mut RawSession, n: usize) -> Vec<(String, Value)> {
+async fn updates(raw: &mut RawSession, n: usize, what: &str) -> Vec<(String, Value)> {
     let mut seen = Vec::new();
     while seen.len() < n {
         let message = tokio::time::timeout(Duration::from_secs(10), raw.next())
             .await
-            .expect("a notification within 10 s")
+            .unwrap_or_else(|_| panic!("no notification of {what} within 10 s; seen {seen:?}"))
             .expect("the server is there");
         if message["method"] == "notifications/resources/updated" {
             seen.push((
@@ -153,13 +153,13 @@ async fn a_subscription_hears_of_registrations_and_expiries() {
         .await;
     other.expect_id(&json!(2)).await;
 
-    let registered = updates(&mut raw, 2).await;
+    let registered = updates(&mut raw, 2, "the registration").await;
     assert_eq!(
         uris(&registered),
         ["peers://capability/compute", "peers://peer/short-lived"]
     );
     // The lease ends two seconds later: both are notified again, with no cleanup run.
-    let expired = updates(&mut raw, 2).await;
+    let expired = updates(&mut raw, 2, "the expiry").await;
     assert_eq!(
         uris(&expired),
         ["peers://capability/compute", "peers://peer/short-lived"]
@@ -229,13 +229,13 @@ async fn a_listen_stream_hears_of_registrations_and_expiries() {
         r#"{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"register_peer","arguments":{{"peer_id":"brief","multiaddr":"/ip4/192.0.2.1/tcp/1","ttl_seconds":2}},{META}}}}}"#
     ))
     .await;
-    let registered = updates(&mut raw, 1).await;
+    let registered = updates(&mut raw, 1, "the registration").await;
     assert_eq!(uris(&registered), ["peers://all"]);
     assert_eq!(
         registered[0].1["io.modelcontextprotocol/subscriptionId"], "listen-1",
         "{:?}",
         registered[0]
     );
-    let expired = updates(&mut raw, 1).await;
+    let expired = updates(&mut raw, 1, "the expiry").await;
     assert_eq!(uris(&expired), ["peers://all"]);
 }

@@ -96,8 +96,8 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     clock: Clock,
     stats: StatsBook,
-    /// The change feed, started on first use ([`Coordinator::change_feed`]).
-    feed: tokio::sync::OnceCell<ChangeFeed>,
+    /// The change feed, made and started on first use ([`Coordinator::change_feed`]).
+    feed: std::sync::OnceLock<ChangeFeed>,
 }
 
 /// The sources one call goes to, and the outcomes already known (disabled sources).
@@ -121,19 +121,26 @@ impl Coordinator {
             config,
             clock,
             stats: StatsBook::default(),
-            feed: tokio::sync::OnceCell::new(),
+            feed: std::sync::OnceLock::new(),
         }
     }
 
     /// The change feed over every enabled source, started (one listing of each) by the
     /// first caller.
     pub async fn change_feed(&self) -> &ChangeFeed {
-        self.feed
-            .get_or_init(|| {
-                let sources = self.sources.iter().map(|s| Arc::clone(&s.source)).collect();
-                ChangeFeed::start(sources, Arc::clone(&self.clock), self.config.source_timeout)
-            })
-            .await
+        let feed = self.change_feed_now();
+        feed.ready().await;
+        feed
+    }
+
+    /// The change feed, made now if it was not, perhaps still starting: subscribe to it
+    /// here before waiting for [`Coordinator::change_feed`], so that no event of the
+    /// start-up is missed.
+    pub fn change_feed_now(&self) -> &ChangeFeed {
+        self.feed.get_or_init(|| {
+            let sources = self.sources.iter().map(|s| Arc::clone(&s.source)).collect();
+            ChangeFeed::new(sources, Arc::clone(&self.clock), self.config.source_timeout)
+        })
     }
 
     /// Ends the waits of change-feed readers (a shutdown): they answer at once.
@@ -143,7 +150,13 @@ impl Coordinator {
         }
     }
 
-    /// Tells the change feed, once started, what a write of this server left in `source`.
+    /// Tells the change feed, once made, that a write of `peer_id` starts; it ends when the
+    /// guard drops, after every [`Coordinator::saw`] of the write.
+    fn write_starts(&self, peer_id: &str) -> Option<crate::feed::WriteInFlight<'_>> {
+        self.feed.get().map(|feed| feed.write_starts(peer_id))
+    }
+
+    /// Tells the change feed, once made, what a write of this server left in `source`.
     fn saw(&self, source: &SourceName, peer_id: &str, record: Option<&PeerRecord>) {
         if let Some(feed) = self.feed.get() {
             feed.observe_write(source, peer_id, record);
@@ -298,6 +311,7 @@ impl Coordinator {
         let now = self.now();
         let record = announcement.into_record(now);
         let peer_id = record.peer_id.clone();
+        let _in_flight = self.write_starts(&peer_id);
         let results = self
             .fan_out(&sources, |s| {
                 let decide = policy::register(record.clone(), now);
@@ -424,6 +438,7 @@ impl Coordinator {
             mut outcomes,
         } = self.select(asked)?;
         let now = self.now();
+        let _in_flight = self.write_starts(peer_id.as_str());
         let results = self
             .fan_out(&sources, |s| {
                 let decide = policy::heartbeat(heartbeat.clone(), now, s.abilities());
@@ -541,6 +556,7 @@ impl Coordinator {
             chosen: sources,
             mut outcomes,
         } = self.select(asked)?;
+        let _in_flight = self.write_starts(peer_id.as_str());
         let results = self
             .fan_out(&sources, |s| {
                 let peer_id = peer_id.to_owned();

@@ -107,18 +107,43 @@ struct State {
     /// The write number of the latest write of this server to each (source, peer) that a
     /// listing of that source has not caught up with yet.
     written: HashMap<(SourceName, String), u64>,
+    /// Peers this server is writing now ([`ChangeFeed::write_starts`]): a listing may
+    /// already hold the new copy, whose event the write itself reports when it ends.
+    writing: HashMap<String, usize>,
 }
 
 /// The feed of one server process. Its tasks stop when it is dropped.
 pub struct ChangeFeed {
     inner: Arc<Inner>,
-    tasks: Vec<JoinHandle<()>>,
+    sources: Vec<Arc<dyn Source>>,
+    timeout: Duration,
+    /// Set once the first listing is taken and the tasks run ([`ChangeFeed::ready`]).
+    started: tokio::sync::OnceCell<()>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for ChangeFeed {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in crate::lock(&self.tasks).iter() {
             task.abort();
+        }
+    }
+}
+
+/// A write of this server in flight ([`ChangeFeed::write_starts`]).
+pub struct WriteInFlight<'a> {
+    feed: &'a ChangeFeed,
+    peer_id: String,
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.feed.inner.lock();
+        if let Some(count) = state.writing.get_mut(&self.peer_id) {
+            *count -= 1;
+            if *count == 0 {
+                state.writing.remove(&self.peer_id);
+            }
         }
     }
 }
@@ -141,14 +166,32 @@ async fn list(source: &dyn Source, now: f64, timeout: Duration) -> Option<Vec<Pe
 
 impl ChangeFeed {
     /// Starts the feed over `sources`: lists each once (the state the first cursor starts
-    /// from; a source that fails now is listed quietly at its first successful read),
-    /// then keeps watching. `timeout` bounds each read.
+    /// from), then keeps watching. `timeout` bounds each read.
     pub async fn start(sources: Vec<Arc<dyn Source>>, clock: Clock, timeout: Duration) -> Self {
         Self::start_with(sources, clock, timeout, MAX_EVENTS, MAX_BYTES).await
     }
 
     /// [`ChangeFeed::start`] with the history's bounds given (tests, benchmarks).
     pub async fn start_with(
+        sources: Vec<Arc<dyn Source>>,
+        clock: Clock,
+        timeout: Duration,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Self {
+        let feed = Self::new_with(sources, clock, timeout, max_events, max_bytes);
+        feed.ready().await;
+        feed
+    }
+
+    /// A feed that takes this server's writes and has subscribers at once, and starts
+    /// (lists every source, watches) at the first [`ChangeFeed::ready`]. A write made
+    /// while it starts is an event, never folded silently into the first listing.
+    pub fn new(sources: Vec<Arc<dyn Source>>, clock: Clock, timeout: Duration) -> Self {
+        Self::new_with(sources, clock, timeout, MAX_EVENTS, MAX_BYTES)
+    }
+
+    fn new_with(
         sources: Vec<Arc<dyn Source>>,
         clock: Clock,
         timeout: Duration,
@@ -167,6 +210,7 @@ impl ChangeFeed {
                 history: History::new(max_events, max_bytes),
                 writes: 0,
                 written: HashMap::new(),
+                writing: HashMap::new(),
             }),
             head: watch::Sender::new(0),
             subscribers: broadcast::channel(1024).0,
@@ -175,29 +219,69 @@ impl ChangeFeed {
             clock,
             closed: CancellationToken::new(),
         });
+        ChangeFeed {
+            inner,
+            sources,
+            timeout,
+            started: tokio::sync::OnceCell::new(),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits until the feed has started: the first caller lists every source once (quietly:
+    /// the state the first cursor starts from) and starts the tasks that keep watching.
+    pub async fn ready(&self) {
+        self.started.get_or_init(|| self.begin()).await;
+    }
+
+    async fn begin(&self) {
+        let inner = &self.inner;
         // Subscribed before the first listing, so that no change after it goes unsignalled.
-        let signals: Vec<_> = sources.iter().map(|s| s.watch_changes()).collect();
+        let signals: Vec<_> = self.sources.iter().map(|s| s.watch_changes()).collect();
+        let writes_before = inner.lock().writes;
         let now = (inner.clock)();
-        let listed = join_all(sources.iter().map(|s| list(s.as_ref(), now, timeout))).await;
+        let listed = join_all(
+            self.sources
+                .iter()
+                .map(|s| list(s.as_ref(), now, self.timeout)),
+        )
+        .await;
         let mut tasks = Vec::new();
-        for ((source, signal), listing) in sources.into_iter().zip(signals).zip(listed) {
-            // The first listing is the state the first cursor starts from: no events.
-            // A source that could not be listed now is read again at once, with events
-            // for what it holds (it comes into view).
+        for ((source, signal), listing) in self.sources.iter().zip(signals).zip(listed) {
+            // The first listing is the state the first cursor starts from: no events
+            // (peers this server wrote meanwhile already have theirs). A source that could
+            // not be listed now is read again at once, with events for what it holds (it
+            // comes into view).
             let listed_now = listing.is_some();
             if let Some(records) = listing {
-                inner.take_listing(&source.name(), records, 0, true);
+                inner.take_listing(&source.name(), records, writes_before, true);
             }
             tasks.push(tokio::spawn(follow(
-                Arc::clone(&inner),
-                source,
+                Arc::clone(inner),
+                Arc::clone(source),
                 signal,
-                timeout,
+                self.timeout,
                 !listed_now,
             )));
         }
-        tasks.push(tokio::spawn(expire_on_time(Arc::clone(&inner))));
-        ChangeFeed { inner, tasks }
+        tasks.push(tokio::spawn(expire_on_time(Arc::clone(inner))));
+        *crate::lock(&self.tasks) = tasks;
+    }
+
+    /// Marks `peer_id` as being written by this server until the returned guard drops
+    /// (after [`ChangeFeed::observe_write`]): listings leave it alone meanwhile, so the
+    /// first listing, which makes no events, cannot swallow the write's event.
+    pub fn write_starts(&self, peer_id: &str) -> WriteInFlight<'_> {
+        *self
+            .inner
+            .lock()
+            .writing
+            .entry(peer_id.to_owned())
+            .or_default() += 1;
+        WriteInFlight {
+            feed: self,
+            peer_id: peer_id.to_owned(),
+        }
     }
 
     /// Records what this server wrote: `source` now holds `record` of `peer_id` (`None`:
@@ -230,6 +314,7 @@ impl ChangeFeed {
         ask: &ReadChanges,
         on_wait: impl Fn(Duration),
     ) -> Result<PeerChangesResult, FeedError> {
+        self.ready().await;
         let inner = &self.inner;
         let mut position = match &ask.cursor {
             None => inner.lock().history.head(),
@@ -396,11 +481,17 @@ impl Inner {
         let mut changes = Vec::new();
         {
             let mut state = self.lock();
-            let State { peers, written, .. } = &mut *state;
+            let State {
+                peers,
+                written,
+                writing,
+                ..
+            } = &mut *state;
             let newer = |peer_id: &str| {
-                written
-                    .get(&(source.clone(), peer_id.to_owned()))
-                    .is_some_and(|number| *number > writes_before)
+                writing.contains_key(peer_id)
+                    || written
+                        .get(&(source.clone(), peer_id.to_owned()))
+                        .is_some_and(|number| *number > writes_before)
             };
             let mut listed = HashSet::with_capacity(records.len());
             for record in records {

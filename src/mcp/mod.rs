@@ -54,6 +54,8 @@ pub struct PeerDiscoveryServer {
     tool_router: ToolRouter<Self>,
     /// This connection's `resources/subscribe` subscriptions.
     subscriptions: Arc<resources::Subscriptions>,
+    /// Feed subscriptions taken for `subscriptions/listen` streams being acknowledged.
+    listen_receivers: Arc<resources::ListenReceivers>,
 }
 
 /// A result whose structured content is `value`, with a text block that starts with
@@ -173,6 +175,7 @@ impl PeerDiscoveryServer {
             coordinator,
             tool_router: schema::sanitize_router(Self::tool_router()),
             subscriptions: Arc::default(),
+            listen_receivers: Arc::default(),
         }
     }
 
@@ -611,11 +614,13 @@ impl ServerHandler for PeerDiscoveryServer {
         if let Some(uris) = accepted.resource_subscriptions.as_mut() {
             uris.retain(|uri| resources::is_ours(uri));
         }
+        self.listen_receivers.take_one_now(&self.coordinator);
         Some(accepted)
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        resources::listen(&self.coordinator, context).await
+        let events = self.listen_receivers.hand_over(&self.coordinator);
+        resources::listen(&self.coordinator, context, events).await
     }
 
     /// Like the generated dispatcher, but an unknown tool's error names the tools there are.

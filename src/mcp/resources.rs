@@ -175,13 +175,17 @@ impl Subscriptions {
         peer: Peer<RoleServer>,
     ) -> Result<(), ErrorData> {
         PeersResource::parse(&uri).ok_or_else(|| unknown_uri(&uri))?;
-        let feed = coordinator.change_feed().await;
-        let mut state = crate::lock(&self.state);
-        state.uris.insert(uri);
-        if state.forwarder.is_none() {
-            let events = feed.subscribe();
-            state.forwarder = Some(tokio::spawn(forward(Arc::downgrade(self), events, peer)));
+        {
+            let mut state = crate::lock(&self.state);
+            state.uris.insert(uri);
+            if state.forwarder.is_none() {
+                // Subscribed before the feed may still be starting: nothing after this
+                // answer is missed.
+                let events = coordinator.change_feed_now().subscribe();
+                state.forwarder = Some(tokio::spawn(forward(Arc::downgrade(self), events, peer)));
+            }
         }
+        coordinator.change_feed().await;
         Ok(())
     }
 
@@ -230,10 +234,13 @@ async fn forward(
     }
 }
 
-/// Runs one `subscriptions/listen` stream (protocol 2026-07-28) until it is cancelled.
+/// Runs one `subscriptions/listen` stream (protocol 2026-07-28) until it is cancelled,
+/// on `events`, a subscription to the feed taken before the stream was acknowledged (see
+/// [`ListenReceivers`]).
 pub(super) async fn listen(
     coordinator: &Coordinator,
     context: SubscriptionContext,
+    mut events: tokio::sync::broadcast::Receiver<Arc<Event>>,
 ) -> Result<(), ErrorData> {
     let accepted: BTreeSet<String> = context
         .accepted()
@@ -242,7 +249,7 @@ pub(super) async fn listen(
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let mut events = coordinator.change_feed().await.subscribe();
+    coordinator.change_feed().await;
     loop {
         let received = tokio::select! {
             () = context.cancelled() => return Ok(()),
@@ -258,5 +265,30 @@ pub(super) async fn listen(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Subscriptions to the feed taken when a `subscriptions/listen` stream is accepted, before
+/// rmcp acknowledges it, for the stream to take up when rmcp calls `listen`: a write the
+/// client makes as soon as it sees the acknowledgment is then an event of the stream. Any
+/// receiver serves any stream (they differ only by when they were taken).
+#[derive(Default)]
+pub(super) struct ListenReceivers {
+    waiting: Mutex<Vec<tokio::sync::broadcast::Receiver<Arc<Event>>>>,
+}
+
+impl ListenReceivers {
+    pub(super) fn take_one_now(&self, coordinator: &Coordinator) {
+        let events = coordinator.change_feed_now().subscribe();
+        crate::lock(&self.waiting).push(events);
+    }
+
+    pub(super) fn hand_over(
+        &self,
+        coordinator: &Coordinator,
+    ) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        crate::lock(&self.waiting)
+            .pop()
+            .unwrap_or_else(|| coordinator.change_feed_now().subscribe())
     }
 }
